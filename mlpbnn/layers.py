@@ -1,0 +1,274 @@
+"""Where the sign is applied: binary convolution and dense layers, and the small real layers
+around them (LearnableBias, PReLU, RPReLU).
+
+A binary layer computes ``conv(q_in(x), alpha * q_w(normalize(W)))`` with
+
+- ``q_in``, ``q_w``: estimators (``mlpbnn.estimators``) for inputs and weights; either may be None
+  (real inputs or real weights, e.g. the first stage of two-stage training);
+- ``normalize``: per-output-channel centring ``W - mean(W)`` (the official BBC weight path;
+  gradients flow through the mean), IR-Net standardisation, or none;
+- ``alpha``: the per-output-channel scale, stop-gradient: ``mean`` = mean |W_c| (XNOR/Bi-Real/BBC),
+  ``pow2`` = 2^round(log2 mean |W_c|) (IR-Net), or ``none``.
+
+Learnable estimators keep theta in the ``estimator`` variable collection, so optimizers can treat
+it separately. A network shares one theta for all its layers by passing the same
+``EstimatorParams`` module to each layer (as the official code shares one ``meta_net``); a layer
+given none creates its own (per-layer theta).
+
+Layout is NHWC with HWIO kernels. Padding is explicit (PyTorch parity: Flax 'SAME' pads stride-2
+convolutions asymmetrically) and its value may be 0 or +-1 (binary-exact XNOR inference needs
++-1 padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mlpbnn.estimators import Estimator, Theta
+
+Array = jax.Array
+Dtype = Any
+
+ESTIMATOR_COLLECTION = "estimator"
+WEIGHT_SCALES = ("none", "mean", "pow2")
+WEIGHT_NORMS = ("none", "center", "standardize")
+
+
+class EstimatorParams(nn.Module):
+    """A learnable estimator's theta, stored in the ``estimator`` collection.
+
+    Share one instance between layers to share theta; calling it returns the theta dict
+    ({} for parameter-free estimators).
+    """
+
+    estimator: Estimator | None
+
+    @nn.compact
+    def __call__(self) -> Theta:
+        if self.estimator is None or not self.estimator.learnable:
+            return {}
+        theta0: Theta = {}
+        if self.is_initializing():
+            theta0 = self.estimator.init(self.make_rng("params"))
+        return {name: self.variable(ESTIMATOR_COLLECTION, name, lambda n=name: theta0[n]).value
+                for name in self.estimator.theta_shapes}
+
+
+def _theta(estimator: Estimator | None, shared: EstimatorParams | None, name: str,
+           parent: nn.Module) -> Theta:
+    if estimator is None or not estimator.learnable:
+        return {}
+    if shared is not None:
+        if shared.estimator != estimator:
+            raise ValueError(f"{parent.name}: shared estimator params are for {shared.estimator!r}, "
+                             f"but the layer uses {estimator!r}")
+        return shared()
+    return EstimatorParams(estimator, name=name, parent=parent)()
+
+
+def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
+                     progress: Array | float | None, *, weight_norm: str = "center",
+                     weight_scale: str = "mean") -> Array:
+    """alpha * q_w(normalize(W)); the output-channel axis is the last one (HWIO / (in, out)).
+
+    With ``estimator=None`` the weights are real and used as they are (no normalisation, no
+    scale), as in the first stage of two-stage training.
+    """
+    if weight_norm not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+    if weight_scale not in WEIGHT_SCALES:
+        raise ValueError(f"weight_scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
+    if estimator is None:
+        return kernel
+    axes = tuple(range(kernel.ndim - 1))
+    w = kernel
+    if weight_norm in ("center", "standardize"):
+        w = w - jnp.mean(w, axis=axes, keepdims=True)
+    if weight_norm == "standardize":
+        # torch's Tensor.std is unbiased (IR-Net); the epsilon guards all-equal channels.
+        w = w / (jnp.std(w, axis=axes, keepdims=True, ddof=1) + 1e-12)
+    wb = estimator(theta, w, progress)
+    if weight_scale == "none":
+        return wb
+    alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
+    if weight_scale == "pow2":
+        alpha = 2.0 ** jnp.round(jnp.log2(alpha))
+    return alpha * wb
+
+
+def _pairs(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{what} must be an int or {n} ints, got {value!r}")
+    return value
+
+
+def _explicit_padding(padding: Any, what: str = "padding") -> tuple[tuple[int, int], tuple[int, int]]:
+    """int p -> ((p, p), (p, p)); (ph, pw) -> ((ph, ph), (pw, pw)); ((t, b), (l, r)) as is."""
+    if isinstance(padding, str):
+        raise ValueError(f"{what} must be explicit (int or ((top, bottom), (left, right))), "
+                         f"got {padding!r}: 'SAME' differs from PyTorch for strided convolutions")
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    padding = tuple(padding)
+    if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+        return ((padding[0], padding[0]), (padding[1], padding[1]))
+    if len(padding) == 2 and all(len(tuple(p)) == 2 for p in padding):
+        return tuple(tuple(int(v) for v in p) for p in padding)  # type: ignore[return-value]
+    raise ValueError(f"{what} must be an int, (ph, pw) or ((top, bottom), (left, right)), got {padding!r}")
+
+
+def pad_nhwc(x: Array, padding: tuple[tuple[int, int], tuple[int, int]], value: float) -> Array:
+    """Pads H and W of an NHWC tensor with a constant."""
+    if not any(any(p) for p in padding):
+        return x
+    return jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=value)
+
+
+class BinaryConv(nn.Module):
+    """2-D convolution on q_in(x) with weights alpha * q_w(normalize(W)); NHWC, HWIO kernel.
+
+    Attributes:
+      features: output channels.
+      kernel_size, strides: ints or pairs.
+      padding: explicit padding, int / (ph, pw) / ((top, bottom), (left, right)).
+      pad_value: padding constant applied after the input estimator: 0 (PyTorch, the official
+        code) or +-1 (keeps a binary input binary).
+      input_estimator, weight_estimator: Estimator or None (real-valued path).
+      input_theta, weight_theta: shared ``EstimatorParams`` for learnable estimators; None creates
+        per-layer ones named ``input_estimator`` / ``weight_estimator`` in this layer's scope.
+      weight_norm: 'center' (official), 'standardize' (IR-Net) or 'none'.
+      weight_scale: 'mean' (official), 'pow2' (IR-Net) or 'none'.
+      dtype: computation dtype of the convolution (params stay ``param_dtype``).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: Any = 0
+    pad_value: float = 0.0
+    input_estimator: Estimator | None = None
+    weight_estimator: Estimator | None = None
+    input_theta: EstimatorParams | None = None
+    weight_theta: EstimatorParams | None = None
+    weight_norm: str = "center"
+    weight_scale: str = "mean"
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: BinaryConv expects NHWC input, got shape {x.shape}")
+        if self.pad_value not in (0.0, 1.0, -1.0):
+            raise ValueError(f"{self.name}: pad_value must be 0, 1 or -1, got {self.pad_value!r}")
+        kh, kw = _pairs(self.kernel_size, 2, "kernel_size")
+        strides = _pairs(self.strides, 2, "strides")
+        padding = _explicit_padding(self.padding)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
+                            self.param_dtype)
+        theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
+        theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
+        if self.input_estimator is not None:
+            x = self.input_estimator(theta_in, x, progress)
+        w = binarize_weights(kernel, self.weight_estimator, theta_w, progress,
+                             weight_norm=self.weight_norm, weight_scale=self.weight_scale)
+        x = pad_nhwc(x.astype(self.dtype), padding, self.pad_value)
+        y = conv_nhwc(x, w.astype(self.dtype), strides)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
+def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    """VALID NHWC x HWIO convolution (padding is applied by the caller)."""
+    return jax.lax.conv_general_dilated(x, kernel, strides, "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class BinaryDense(nn.Module):
+    """Dense layer on q_in(x) with weights alpha * q_w(normalize(W)); kernel (in, out).
+
+    Attributes as ``BinaryConv`` (no padding); ``use_bias`` defaults to True like ``nn.Dense``.
+    """
+
+    features: int
+    input_estimator: Estimator | None = None
+    weight_estimator: Estimator | None = None
+    input_theta: EstimatorParams | None = None
+    weight_theta: EstimatorParams | None = None
+    weight_norm: str = "center"
+    weight_scale: str = "mean"
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
+        theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
+        if self.input_estimator is not None:
+            x = self.input_estimator(theta_in, x, progress)
+        w = binarize_weights(kernel, self.weight_estimator, theta_w, progress,
+                             weight_norm=self.weight_norm, weight_scale=self.weight_scale)
+        y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
+class LearnableBias(nn.Module):
+    """x + b with a per-channel b initialised at 0 (ReActNet's RSign/RPReLU shifts)."""
+
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b = self.param("bias", nn.initializers.zeros, (x.shape[-1],), self.param_dtype)
+        return x + b.astype(x.dtype)
+
+
+def prelu(x: Array, slope: Array) -> Array:
+    """max(0, x) + slope * min(0, x), slope broadcast over the last (channel) axis."""
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+class PReLU(nn.Module):
+    """Per-channel PReLU (``torch.nn.PReLU(C)``), slope initialised at 0.25."""
+
+    init_slope: float = 0.25
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        slope = self.param("slope", nn.initializers.constant(self.init_slope), (x.shape[-1],),
+                           self.param_dtype)
+        return prelu(x, slope)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU: PReLU(x + gamma) + zeta, per channel (gamma, zeta at 0, slope 0.25)."""
+
+    init_slope: float = 0.25
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        gamma = self.param("gamma", nn.initializers.zeros, (c,), self.param_dtype)
+        slope = self.param("slope", nn.initializers.constant(self.init_slope), (c,), self.param_dtype)
+        zeta = self.param("zeta", nn.initializers.zeros, (c,), self.param_dtype)
+        return prelu(x + gamma.astype(x.dtype), slope) + zeta.astype(x.dtype)

@@ -1,0 +1,229 @@
+"""Binary layers: parity with an independent PyTorch BBC conv (forward and every gradient, the
+MLP's included), weight paths, padding, shared/per-layer theta, small real layers, errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlpbnn import estimators as E
+from mlpbnn import layers as L
+from tests import torch_reference as ref
+
+MLP, APPROX = E.get("mlp"), E.get("approx_sign")
+
+
+def _conv_setup(stride, pad_value, cin=5, cout=6, hw=9, seed=0):
+    torch.manual_seed(seed)
+    conv = ref.MetaConv(cin, cout, stride=stride, padding=1, pad_value=pad_value)
+    meta = ref.MetaNet()
+    layer = L.BinaryConv(cout, 3, stride, 1, pad_value=pad_value, input_estimator=APPROX,
+                         weight_estimator=MLP)
+    x = np.random.default_rng(seed).normal(0, 1, (2, hw, hw, cin)).astype(np.float32)
+    variables = {
+        "params": {"kernel": jnp.asarray(ref.oihw_to_hwio(conv.weights))},
+        "estimator": {"weight_estimator": {
+            "w0": jnp.asarray(meta.network.Linear0.weight.detach().numpy().T),
+            "w1": jnp.asarray(meta.network.Linear1.weight.detach().numpy().T)}},
+    }
+    return conv, meta, layer, x, variables
+
+
+@pytest.mark.parametrize("stride,pad_value", [(1, 0.0), (2, 0.0), (2, 1.0), (1, -1.0)])
+def test_binary_conv_matches_torch_bbc_conv(stride, pad_value):
+    conv, meta, layer, x, variables = _conv_setup(stride, pad_value)
+    xt = ref.nhwc_to_torch(x).requires_grad_(True)
+    # Official block: BinaryActivation (ApproxSign) on the input, MetaConv2d with the shared net.
+    yt = conv(ref.with_soft_gradient(xt, ref.approx_sign_soft(xt)), meta)
+    g = np.random.default_rng(9).normal(0, 1, yt.shape).astype(np.float32)
+    (yt * torch.tensor(g)).sum().backward()
+
+    def f(v, xx):
+        return layer.apply(v, xx)
+
+    y, vjp = jax.vjp(f, variables, jnp.asarray(x))
+    dv, dx = vjp(jnp.asarray(g).transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dv["params"]["kernel"]), ref.oihw_to_hwio(conv.weights.grad),
+                               rtol=1e-5, atol=1e-5)
+    est_grads = dv["estimator"]["weight_estimator"]
+    np.testing.assert_allclose(np.asarray(est_grads["w0"]), meta.network.Linear0.weight.grad.numpy().T,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(est_grads["w1"]), meta.network.Linear1.weight.grad.numpy().T,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_binary_conv_jit_and_vmap_match_eager():
+    _, _, layer, x, variables = _conv_setup(2, 0.0)
+
+    def loss(v, xx):
+        return jnp.sum(layer.apply(v, xx) ** 2)
+
+    eager = jax.grad(loss, argnums=(0, 1))(variables, x)
+    jitted = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    per_example = jax.vmap(lambda xx: layer.apply(variables, xx[None])[0])(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(per_example), np.asarray(layer.apply(variables, x)), rtol=1e-6)
+
+
+def test_binary_dense_matches_torch():
+    torch.manual_seed(1)
+    meta = ref.MetaNet()
+    w = torch.empty(7, 12)
+    torch.nn.init.xavier_uniform_(w)
+    w.requires_grad_(True)
+    b = torch.zeros(7, requires_grad=True)
+    x = np.random.default_rng(1).normal(0, 1, (4, 12)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    wc = w - w.mean(1, keepdim=True)
+    wb = meta(wc) * wc.abs().mean(1, keepdim=True).detach()
+    yt = F.linear(ref.with_soft_gradient(xt, ref.approx_sign_soft(xt)), wb, b)
+    yt.pow(2).sum().backward()
+    layer = L.BinaryDense(7, input_estimator=APPROX, weight_estimator=MLP)
+    v = {"params": {"kernel": jnp.asarray(w.detach().numpy().T), "bias": jnp.zeros(7)},
+         "estimator": {"weight_estimator": {"w0": jnp.asarray(meta.network.Linear0.weight.detach().numpy().T),
+                                            "w1": jnp.asarray(meta.network.Linear1.weight.detach().numpy().T)}}}
+    y = layer.apply(v, x)
+    dv, dx = jax.grad(lambda vv, xx: jnp.sum(layer.apply(vv, xx) ** 2), argnums=(0, 1))(v, x)
+    np.testing.assert_allclose(np.asarray(y), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dv["params"]["kernel"]), w.grad.numpy().T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dv["estimator"]["weight_estimator"]["w1"]),
+                               meta.network.Linear1.weight.grad.numpy().T, rtol=1e-5, atol=1e-4)
+
+
+def test_weight_paths():
+    k = jax.random.normal(jax.random.key(0), (3, 3, 4, 5)) * 0.05 + 0.01
+    ste = E.get("ste")
+    wb = L.binarize_weights(k, ste, {}, None, weight_norm="center", weight_scale="mean")
+    wc = k - k.mean(axis=(0, 1, 2), keepdims=True)
+    np.testing.assert_allclose(np.asarray(wb), np.asarray(jnp.abs(wc).mean((0, 1, 2)) * jnp.sign(wc)), rtol=1e-6)
+    p2 = L.binarize_weights(k, ste, {}, None, weight_norm="center", weight_scale="pow2")
+    mags = np.unique(np.abs(np.asarray(p2)))
+    np.testing.assert_allclose(np.log2(mags), np.round(np.log2(mags)), atol=1e-6)  # powers of two
+    raw = L.binarize_weights(k, ste, {}, None, weight_norm="none", weight_scale="none")
+    np.testing.assert_array_equal(np.asarray(raw), np.where(np.asarray(k) >= 0, 1.0, -1.0))
+    # IR-Net standardisation: the latent weights seen by the estimator have unit std per channel.
+    grads = jax.grad(lambda kk: jnp.sum(L.binarize_weights(kk, E.get("ste", clip=None), {}, None,
+                                                           weight_norm="standardize",
+                                                           weight_scale="none") * jnp.arange(5.0)))(k)
+    assert np.all(np.isfinite(np.asarray(grads)))
+    # Centring: its gradient has zero mean per output channel (the derivative of w - mean(w)).
+    g = jax.grad(lambda kk: jnp.sum(L.binarize_weights(kk, ste, {}, None)
+                                    * jnp.arange(180.0).reshape(3, 3, 4, 5)))(k)
+    np.testing.assert_allclose(np.asarray(g).mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    # No estimator: real weights as they are.
+    assert L.binarize_weights(k, None, {}, None) is k
+
+
+def test_real_paths_reduce_to_plain_convolution():
+    layer = L.BinaryConv(4, 3, 1, 1)  # no estimators: an ordinary conv with explicit padding
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = layer.init(jax.random.key(1), x)
+    plain = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+    np.testing.assert_allclose(np.asarray(layer.apply(v, x)), np.asarray(plain.apply(v, x)), rtol=1e-5, atol=1e-6)
+    assert "estimator" not in v
+
+
+def test_plus_minus_one_padding_keeps_binary_inputs_binary():
+    layer = L.BinaryConv(1, 3, 1, 1, pad_value=1.0, input_estimator=E.get("ste"), weight_estimator=E.get("ste"),
+                         weight_scale="none", weight_norm="none")
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+    v = layer.init(jax.random.key(1), x)
+    y = layer.apply(v, x)
+    # With +-1 inputs and weights every output is a sum of 18 +-1 products: an even integer.
+    np.testing.assert_array_equal(np.asarray(y) % 2, 0)
+    padded = jnp.pad(jnp.sign(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
+    direct = L.conv_nhwc(padded, jnp.sign(v["params"]["kernel"]), (1, 1))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(direct))
+
+
+class _TwoConvs(nn.Module):
+    share: bool
+
+    @nn.compact
+    def __call__(self, x):
+        shared = L.EstimatorParams(MLP, name="weight_estimator") if self.share else None
+        x = L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, weight_theta=shared)(x)
+        return L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, weight_theta=shared)(x)
+
+
+def test_shared_and_per_layer_theta():
+    x = jnp.ones((1, 5, 5, 3))
+    shared = _TwoConvs(True).init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, shared["estimator"]) == {"weight_estimator": {"w0": (1, 100), "w1": (100, 2)}}
+    per_layer = _TwoConvs(False).init(jax.random.key(0), x)
+    assert sorted(per_layer["estimator"]) == ["BinaryConv_0", "BinaryConv_1"]
+    assert "weight_estimator" in per_layer["estimator"]["BinaryConv_1"]
+    # Both layers' gradients reach the one shared theta.
+    xr = jax.random.normal(jax.random.key(2), (2, 5, 5, 3))
+    g = jax.grad(lambda v: jnp.sum(_TwoConvs(True).apply(v, xr) ** 2))(shared)
+    assert float(jnp.abs(g["estimator"]["weight_estimator"]["w1"]).sum()) > 0
+
+
+def test_learnable_input_estimator_gets_gradients():
+    layer = L.BinaryConv(3, 3, 1, 1, input_estimator=E.get("linear", hidden=4), weight_estimator=E.get("ste"))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 2))
+    v = layer.init(jax.random.key(1), x)
+    g = jax.grad(lambda vv: jnp.sum(layer.apply(vv, x) ** 2))(v)
+    assert sorted(g["estimator"]) == ["input_estimator"]
+    assert float(jnp.abs(g["estimator"]["input_estimator"]["w0"]).sum()) > 0
+
+
+def test_prelu_rprelu_and_learnable_bias_match_torch():
+    x = np.random.default_rng(0).normal(0, 1, (2, 4, 4, 3)).astype(np.float32)
+    slope = np.array([0.1, 0.25, -0.3], np.float32)
+    tp = torch.nn.PReLU(3)
+    with torch.no_grad():
+        tp.weight.copy_(torch.tensor(slope))
+    expected = tp(ref.nhwc_to_torch(x)).permute(0, 2, 3, 1).detach().numpy()
+    np.testing.assert_allclose(np.asarray(L.PReLU().apply({"params": {"slope": slope}}, x)), expected, rtol=1e-6)
+    assert np.allclose(L.PReLU().init(jax.random.key(0), x)["params"]["slope"], 0.25)
+    gamma, zeta = np.array([0.5, -0.5, 0.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32)
+    shifted = tp(ref.nhwc_to_torch(x + gamma)).permute(0, 2, 3, 1).detach().numpy() + zeta
+    got = L.RPReLU().apply({"params": {"gamma": gamma, "slope": slope, "zeta": zeta}}, x)
+    np.testing.assert_allclose(np.asarray(got), shifted, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(L.LearnableBias().apply({"params": {"bias": gamma}}, x)), x + gamma)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    layer = L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = layer.init(jax.random.key(1), x)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v))
+    y = layer.apply(v, x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    y32 = L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP).apply(v, x)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y32), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"padding": "SAME"}, "explicit"), ({"pad_value": 0.5}, "pad_value"),
+    ({"weight_scale": "max", "weight_estimator": E.get("ste")}, "weight_scale"),
+    ({"weight_norm": "l2", "weight_estimator": E.get("ste")}, "weight_norm"),
+    ({"padding": (1, 2, 3)}, "padding"),
+])
+def test_bad_layer_arguments(kwargs, msg):
+    layer = L.BinaryConv(4, **kwargs)
+    with pytest.raises(ValueError, match=msg):
+        layer.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
+
+
+def test_bad_input_rank_and_mismatched_shared_theta():
+    with pytest.raises(ValueError, match="NHWC"):
+        L.BinaryConv(4).init(jax.random.key(0), jnp.ones((5, 5, 3)))
+
+    class Bad(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            shared = L.EstimatorParams(E.get("linear"), name="weight_estimator")
+            return L.BinaryConv(4, weight_estimator=MLP, weight_theta=shared)(x)
+
+    with pytest.raises(ValueError, match="shared estimator params are for"):
+        Bad().init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
