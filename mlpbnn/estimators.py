@@ -282,22 +282,52 @@ def slope_at_zero(theta: Theta, activation: str = "tanh") -> Array:
     return jax.grad(lambda x: mlp_apply(theta, x, activation).sum())(jnp.zeros((), _F32))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _gated_mlp_sign(activation: str, zero: float, theta: Theta, x: Array) -> Array:
+def _gated_mlp_vjp(theta: Theta, x: Array, g: Array, activation: str) -> tuple[Theta, Array]:
+    """Cotangents of s(x; theta) = sum_k clip(f_k(x), -1, 1) for flat float32 x and g."""
+    f, vjp = jax.vjp(lambda th, v: mlp_apply(th, v, activation), theta, x)
+    # Strict gate as in the official GatedLinear: the derivative of clip(f_k, -1, 1).
+    return vjp(g[..., None] * (jnp.abs(f) < 1.0).astype(_F32))
+
+
+def chunked_vjp(vjp_fn: Callable[[Theta, Array, Array], tuple[Theta, Array]], theta: Theta,
+                x: Array, g: Array, chunk: int) -> tuple[Theta, Array]:
+    """Runs an element-wise estimator's backward over ``chunk`` elements at a time.
+
+    The MLP's hidden layer then exists for one chunk only (``chunk * hidden`` floats) instead of
+    for the whole tensor; theta's cotangents are summed over chunks, x's are concatenated.
+    Padding elements carry g = 0 and so contribute nothing.
+    """
+    shape, dtype = x.shape, x.dtype
+    xf, gf = x.reshape(-1).astype(_F32), g.reshape(-1).astype(_F32)
+    n = xf.shape[0]
+    if n <= chunk:
+        dtheta, dx = vjp_fn(theta, xf, gf)
+        return dtheta, dx.reshape(shape).astype(dtype)
+    pad = -n % chunk
+    xs = jnp.pad(xf, (0, pad)).reshape(-1, chunk)
+    gs = jnp.pad(gf, (0, pad)).reshape(-1, chunk)
+
+    def body(acc, xg):
+        dtheta, dx = vjp_fn(theta, *xg)
+        return jax.tree.map(jnp.add, acc, dtheta), dx
+
+    dtheta, dx = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, theta), (xs, gs))
+    return dtheta, dx.reshape(-1)[:n].reshape(shape).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _gated_mlp_sign(activation: str, zero: float, chunk: int, theta: Theta, x: Array) -> Array:
     return sign(x, zero)
 
 
-def _gated_mlp_sign_fwd(activation, zero, theta, x):
+def _gated_mlp_sign_fwd(activation, zero, chunk, theta, x):
     return sign(x, zero), (theta, x)
 
 
-def _gated_mlp_sign_bwd(activation, zero, res, g):
+def _gated_mlp_sign_bwd(activation, zero, chunk, res, g):
     theta, x = res
-    f, vjp = jax.vjp(lambda th, v: mlp_apply(th, v, activation), theta, x.astype(_F32))
-    # Strict gate as in the official GatedLinear: the derivative of clip(f_k, -1, 1).
-    gate = (jnp.abs(f) < 1.0).astype(_F32)
-    dtheta, dx = vjp(g.astype(_F32)[..., None] * gate)
-    return dtheta, dx.astype(x.dtype)
+    vjp_fn = functools.partial(_gated_mlp_vjp, activation=activation)
+    return chunked_vjp(vjp_fn, theta, x, g, chunk)
 
 
 _gated_mlp_sign.defvjp(_gated_mlp_sign_fwd, _gated_mlp_sign_bwd)
@@ -305,7 +335,7 @@ _gated_mlp_sign.defvjp(_gated_mlp_sign_fwd, _gated_mlp_sign_bwd)
 
 def mlp(theta: Theta, x: Array, progress: Array | float | None = None, *,
         hidden: int = 100, outputs: int = 2, activation: str = "tanh", bias: bool = False,
-        init: str = "torch", zero: float = 1.0) -> Array:
+        init: str = "torch", zero: float = 1.0, chunk: int = 65536) -> Array:
     """BBC's learnable MLP estimator (He et al. 2022, official ``MetaConv_v2``).
 
     f(x) = W1^T act(W0^T x) per element, W0 = theta['w0'] of shape (1, hidden), W1 = theta['w1']
@@ -317,8 +347,9 @@ def mlp(theta: Theta, x: Array, progress: Array | float | None = None, *,
              dq/dW0[j] = sum_k 1[|f_k(x)| < 1] W1[j,k] act'(W0[j] x) x.
     init: ``torch`` (nn.Linear default, W0 ~ U(-1,1), W1 ~ U(-0.1,0.1), as the official code) or
     ``positive`` (the same, with W1 negated where that makes the slope at 0 positive).
+    chunk: elements per step of the backward scan (memory/speed only; see ``chunked_vjp``).
     """
-    return _gated_mlp_sign(activation, float(zero), theta, x)
+    return _gated_mlp_sign(activation, float(zero), int(chunk), theta, x)
 
 
 def _mlp_init(key: Array, *, hidden: int, outputs: int, bias: bool, init: str,
@@ -334,7 +365,7 @@ def _mlp_init(key: Array, *, hidden: int, outputs: int, bias: bool, init: str,
 
 def linear(theta: Theta, x: Array, progress: Array | float | None = None, *,
            hidden: int = 100, outputs: int = 2, bias: bool = False, init: str = "torch",
-           zero: float = 1.0) -> Array:
+           zero: float = 1.0, chunk: int = 65536) -> Array:
     """The linear special case of BBC's MLP (``MetaConv_v2`` with no nonlinearity).
 
     f(x) = W1^T W0^T x, so f_k(x) = c_k x with c = W0 W1 (plus biases if ``bias``).
@@ -342,7 +373,7 @@ def linear(theta: Theta, x: Array, progress: Array | float | None = None, *,
     backward dq/dx = sum_k c_k 1[|c_k x| < 1]: a learnable-slope, learnable-clip-range STE;
              theta receives the gradient of s(x; theta) = sum_k clip(c_k x, -1, 1).
     """
-    return _gated_mlp_sign("identity", float(zero), theta, x)
+    return _gated_mlp_sign("identity", float(zero), int(chunk), theta, x)
 
 
 def _linear_init(key: Array, *, hidden: int, outputs: int, bias: bool, init: str) -> Theta:
@@ -459,8 +490,8 @@ _REGISTRY: dict[str, _Spec] = {
     "ede": _Spec(ede, None, _all(_check_zero, _positive("t", "k", "t_min", "t_max"))),
     "fda": _Spec(fda, None, _all(_check_zero, _positive("omega"), _check_ints("n", "n_end"))),
     "reste": _Spec(reste, None, _all(_check_zero, _positive("o", "t"))),
-    "mlp": _Spec(mlp, _mlp_init, _all(_check_zero, _check_mlp_hidden)),
-    "linear": _Spec(linear, _linear_init, _all(_check_zero, _check_mlp_hidden)),
+    "mlp": _Spec(mlp, _mlp_init, _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _positive("chunk"))),
+    "linear": _Spec(linear, _linear_init, _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _positive("chunk"))),
     "classifier": _Spec(classifier, _classifier_init, _check_mlp),
 }
 

@@ -272,3 +272,35 @@ class RPReLU(nn.Module):
         slope = self.param("slope", nn.initializers.constant(self.init_slope), (c,), self.param_dtype)
         zeta = self.param("zeta", nn.initializers.zeros, (c,), self.param_dtype)
         return prelu(x + gamma.astype(x.dtype), slope) + zeta.astype(x.dtype)
+
+
+class MaxPool(nn.Module):
+    """Max pooling, NHWC, explicit padding with -inf (PyTorch ``MaxPool2d(k, s, p)``)."""
+
+    window: int = 3
+    strides: int = 2
+    padding: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        p = self.padding
+        return nn.max_pool(x, (self.window,) * 2, (self.strides,) * 2, ((p, p), (p, p)))
+
+
+class AvgPool(nn.Module):
+    """Average pooling without padding (PyTorch ``AvgPool2d(k, s)``)."""
+
+    window: int = 2
+    strides: int = 2
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return nn.avg_pool(x, (self.window,) * 2, (self.strides,) * 2, "VALID")
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over H and W: NHWC -> NC (``AdaptiveAvgPool2d(1)`` + flatten)."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return jnp.mean(x, axis=(1, 2))
