@@ -38,10 +38,8 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int, warmup: 
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),

@@ -482,6 +482,8 @@ def _check_ints(*names: str) -> Callable[[dict], None]:
     return check
 
 
+_check_learnable = _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _positive("chunk"))
+
 _REGISTRY: dict[str, _Spec] = {
     "ste": _Spec(ste, None, _all(_check_zero, _positive("clip"))),
     "approx_sign": _Spec(approx_sign, None, _check_zero),
@@ -490,8 +492,8 @@ _REGISTRY: dict[str, _Spec] = {
     "ede": _Spec(ede, None, _all(_check_zero, _positive("t", "k", "t_min", "t_max"))),
     "fda": _Spec(fda, None, _all(_check_zero, _positive("omega"), _check_ints("n", "n_end"))),
     "reste": _Spec(reste, None, _all(_check_zero, _positive("o", "t"))),
-    "mlp": _Spec(mlp, _mlp_init, _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _positive("chunk"))),
-    "linear": _Spec(linear, _linear_init, _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _positive("chunk"))),
+    "mlp": _Spec(mlp, _mlp_init, _check_learnable),
+    "linear": _Spec(linear, _linear_init, _check_learnable),
     "classifier": _Spec(classifier, _classifier_init, _check_mlp),
 }
 

@@ -71,11 +71,30 @@ def _theta(estimator: Estimator | None, shared: EstimatorParams | None, name: st
     return EstimatorParams(estimator, name=name, parent=parent)()
 
 
+@jax.custom_vjp
+def _scale_forward_only(alpha: Array, wb: Array) -> Array:
+    return alpha * wb
+
+
+def _scale_forward_only_fwd(alpha, wb):
+    return alpha * wb, alpha
+
+
+def _scale_forward_only_bwd(alpha, g):
+    return jnp.zeros_like(alpha), g
+
+
+_scale_forward_only.defvjp(_scale_forward_only_fwd, _scale_forward_only_bwd)
+
+
 def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
                      progress: Array | float | None, *, weight_norm: str = "center",
-                     weight_scale: str = "mean") -> Array:
+                     weight_scale: str = "mean", scale_in_backward: bool = True) -> Array:
     """alpha * q_w(normalize(W)); the output-channel axis is the last one (HWIO / (in, out)).
 
+    ``scale_in_backward``: the weight gradient is alpha * q_w'(W) (True: the official BBC
+    ``MetaConv2d``, which multiplies the estimator's output by the detached scale) or q_w'(W)
+    (False: Bi-Real's and ReActNet's ``HardBinaryConv``, whose clamp-STE bypasses the scale).
     With ``estimator=None`` the weights are real and used as they are (no normalisation, no
     scale), as in the first stage of two-stage training.
     """
@@ -98,7 +117,7 @@ def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
     alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
     if weight_scale == "pow2":
         alpha = 2.0 ** jnp.round(jnp.log2(alpha))
-    return alpha * wb
+    return alpha * wb if scale_in_backward else _scale_forward_only(alpha, wb)
 
 
 def _pairs(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
@@ -146,6 +165,7 @@ class BinaryConv(nn.Module):
         per-layer ones named ``input_estimator`` / ``weight_estimator`` in this layer's scope.
       weight_norm: 'center' (official), 'standardize' (IR-Net) or 'none'.
       weight_scale: 'mean' (official), 'pow2' (IR-Net) or 'none'.
+      scale_in_backward: whether the weight gradient carries the scale (see ``binarize_weights``).
       dtype: computation dtype of the convolution (params stay ``param_dtype``).
     """
 
@@ -160,6 +180,7 @@ class BinaryConv(nn.Module):
     weight_theta: EstimatorParams | None = None
     weight_norm: str = "center"
     weight_scale: str = "mean"
+    scale_in_backward: bool = True
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -182,7 +203,8 @@ class BinaryConv(nn.Module):
         if self.input_estimator is not None:
             x = self.input_estimator(theta_in, x, progress)
         w = binarize_weights(kernel, self.weight_estimator, theta_w, progress,
-                             weight_norm=self.weight_norm, weight_scale=self.weight_scale)
+                             weight_norm=self.weight_norm, weight_scale=self.weight_scale,
+                             scale_in_backward=self.scale_in_backward)
         x = pad_nhwc(x.astype(self.dtype), padding, self.pad_value)
         y = conv_nhwc(x, w.astype(self.dtype), strides)
         if self.use_bias:
@@ -209,6 +231,7 @@ class BinaryDense(nn.Module):
     weight_theta: EstimatorParams | None = None
     weight_norm: str = "center"
     weight_scale: str = "mean"
+    scale_in_backward: bool = True
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -223,7 +246,8 @@ class BinaryDense(nn.Module):
         if self.input_estimator is not None:
             x = self.input_estimator(theta_in, x, progress)
         w = binarize_weights(kernel, self.weight_estimator, theta_w, progress,
-                             weight_norm=self.weight_norm, weight_scale=self.weight_scale)
+                             weight_norm=self.weight_norm, weight_scale=self.weight_scale,
+                             scale_in_backward=self.scale_in_backward)
         y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)

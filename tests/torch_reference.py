@@ -198,3 +198,201 @@ def hwio_to_oihw(k) -> torch.Tensor:
 
 def oihw_to_hwio(t: torch.Tensor) -> np.ndarray:
     return t.detach().permute(2, 3, 1, 0).numpy()
+
+
+# ------------------------------------------------------------------------------ networks
+# Same structure and parameter names as the originals (official BBC birealnetimagenet.py,
+# ReActNet's resnet, torchvision's resnet), written for the tests; sizes are configurable
+# so the tests can run tiny versions.
+
+
+def binary_activation(x: torch.Tensor) -> torch.Tensor:
+    """Bi-Real's BinaryActivation: forward sign, backward the piecewise-quadratic derivative."""
+    return with_soft_gradient(x, approx_sign_soft(x))
+
+
+def _stem(module: nn.Module, width: int, small_inputs: bool, prelu: bool) -> None:
+    if small_inputs:
+        module.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+    else:
+        module.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    module.bn1 = nn.BatchNorm2d(width)
+    if prelu:
+        module.nonlinear = nn.PReLU(width)
+    module.maxpool = nn.Identity() if small_inputs else nn.MaxPool2d(3, 2, 1)
+
+
+class BBCBlock(nn.Module):
+    def __init__(self, inplanes, planes, stride, downsample):
+        super().__init__()
+        self.binary_conv = MetaConv(inplanes, planes, stride=stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.nonlinear = nn.PReLU(planes)
+        self.downsample = downsample
+
+    def forward(self, x, meta_net):
+        out = self.bn1(self.binary_conv(binary_activation(x), meta_net))
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.nonlinear(out + residual)
+
+
+class LearnableBias(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x):
+        return x + self.bias.expand_as(x)
+
+
+class HardBinaryConv(nn.Module):
+    """ReActNet's binary conv: alpha * sign(W) forward, clamp(W, -1, 1) gradient."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride = stride
+        self.weights = nn.Parameter(torch.rand(cout, cin, 3, 3) * 0.001)
+
+    def forward(self, x):
+        w = self.weights
+        scale = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
+        clipped = torch.clamp(w, -1.0, 1.0)
+        wb = (scale * hard_sign(w)).detach() - clipped.detach() + clipped
+        return F.conv2d(x, wb, stride=self.stride, padding=1)
+
+
+class ReActBlock(nn.Module):
+    def __init__(self, inplanes, planes, stride, downsample):
+        super().__init__()
+        self.move0 = LearnableBias(inplanes)
+        self.binary_conv = HardBinaryConv(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.move1 = LearnableBias(planes)
+        self.prelu = nn.PReLU(planes)
+        self.move2 = LearnableBias(planes)
+        self.downsample = downsample
+
+    def forward(self, x, meta_net=None):
+        out = self.bn1(self.binary_conv(binary_activation(self.move0(x))))
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.move2(self.prelu(self.move1(out + residual)))
+
+
+class BinaryResNetRef(nn.Module):
+    """Official BBC BiRealNet (variant 'bireal') or ReActNet's ResNet (variant 'reactnet')."""
+
+    def __init__(self, stages, num_classes=1000, width=64, small_inputs=False, variant="bireal"):
+        super().__init__()
+        self.variant = variant
+        _stem(self, width, small_inputs, prelu=variant == "bireal")
+        block = BBCBlock if variant == "bireal" else ReActBlock
+        inplanes = width
+        for i, n in enumerate(stages):
+            planes = width * 2 ** i
+            blocks = []
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                down = None
+                if j == 0 and (stride != 1 or inplanes != planes):
+                    down = nn.Sequential(nn.AvgPool2d(2, stride), nn.Conv2d(inplanes, planes, 1, bias=False),
+                                         nn.BatchNorm2d(planes))
+                blocks.append(block(inplanes, planes, stride, down))
+                inplanes = planes
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+        if variant == "bireal":
+            self.meta_net = MetaNet()
+
+    def forward(self, x):
+        x = self.bn1(self.conv1(x))
+        if self.variant == "bireal":
+            x = self.nonlinear(x)
+        x = self.maxpool(x)
+        for i in range(1, 5):
+            for block in getattr(self, f"layer{i}", []):
+                x = block(x, getattr(self, "meta_net", None))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class TVBasic(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TVBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's ResNet layout and names (conv1, bn1, layerN.i.*, downsample.0/1, fc)."""
+
+    def __init__(self, stages, block="basic", num_classes=1000, width=64, small_inputs=False):
+        super().__init__()
+        cls = TVBasic if block == "basic" else TVBottleneck
+        _stem(self, width, small_inputs, prelu=False)
+        inplanes = width
+        for i, n in enumerate(stages):
+            planes = width * 2 ** i
+            blocks = []
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                down = None
+                if j == 0 and (stride != 1 or inplanes != planes * cls.expansion):
+                    down = nn.Sequential(nn.Conv2d(inplanes, planes * cls.expansion, 1, stride, bias=False),
+                                         nn.BatchNorm2d(planes * cls.expansion))
+                blocks.append(cls(inplanes, planes, stride, down))
+                inplanes = planes * cls.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}", nn.Identity())(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def randomize_batch_norm(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN affine parameters, running statistics and PReLU slopes, so that a
+    converter that swaps or drops them cannot pass."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+            elif isinstance(m, LearnableBias):
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)

@@ -1,0 +1,192 @@
+"""PyTorch state_dict <-> Flax variables for every model in ``mlpbnn.models``.
+
+Names map by rule, because mlpbnn's modules carry the PyTorch names with ``.`` written as ``_``
+before an index (``layer1.0.downsample.1`` is ``layer1_0/downsample_1``):
+
+    params/.../kernel (4-D, HWIO)     <-> ...weight, OIHW (binary convs: ``binary_conv.weights``)
+    params/.../kernel (2-D, in x out) <-> ...weight, out x in
+    params/.../{bias, scale, slope}   <-> ...bias, ...weight (BN scale, PReLU slope)
+    params/moveN/bias (C,)            <-> moveN.bias (1, C, 1, 1)  (ReActNet's LearnableBias)
+    batch_stats/.../{mean, var}       <-> ...running_mean, ...running_var
+    estimator/weight_estimator/w{i}   <-> meta_net.network.Linear{i}.weight, transposed
+    estimator/input_estimator/w{i}    <-> input_meta_net.network.Linear{i}.weight (mlpbnn's extension)
+
+``from_torch`` accepts the official BBC checkpoint layout (keys with or without ``module.``, a
+dict with ``state_dict``) and torchvision's ResNet keys. Every tensor must be accounted for: a
+missing, unexpected or misshaped tensor raises ``ValueError`` naming the key and both shapes.
+BN ``num_batches_tracked`` counters are checked to belong to a BN layer and are otherwise unused
+(Flax's BN has no counter; ``to_torch`` writes ``num_batches_tracked``).
+
+    python -m mlpbnn.convert in.pth out_dir --model NAME [--num-classes N]
+
+writes a variables checkpoint (``mlpbnn.variables_io``) that the trainer starts from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from mlpbnn import models
+from mlpbnn.variables_io import save_variables
+
+Path_ = tuple[str, ...]
+
+
+def _module_name(part: str) -> str:
+    return re.sub(r"_(\d+)$", r".\1", part)
+
+
+def torch_key(path: Path_, family: str) -> str:
+    """The PyTorch state_dict key of a flattened Flax variable path (collection first)."""
+    collection, *modules, leaf = path
+    names = [_module_name(m) for m in modules]
+    if collection == "estimator":
+        owner, net = names[:-1], {"weight_estimator": "meta_net", "input_estimator": "input_meta_net"}[names[-1]]
+        kind, index = leaf[0], leaf[1:]
+        return ".".join([*owner, net, "network", f"Linear{index}", "weight" if kind == "w" else "bias"])
+    if collection == "batch_stats":
+        return ".".join([*names, {"mean": "running_mean", "var": "running_var"}[leaf]])
+    if leaf == "kernel":
+        binary = family in ("bireal", "reactnet") and modules[-1] == "binary_conv"
+        return ".".join([*names, "weights" if binary else "weight"])
+    return ".".join([*names, {"bias": "bias", "scale": "weight", "slope": "weight"}[leaf]])
+
+
+def _to_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
+    collection, *modules, leaf = path
+    if collection == "estimator" and leaf.startswith("w"):
+        return value.T
+    if leaf == "kernel":
+        return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    if leaf == "bias" and modules and re.fullmatch(r"move\d+", modules[-1]):
+        return value.reshape(1, -1, 1, 1)
+    return value
+
+
+def _from_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
+    collection, *modules, leaf = path
+    if collection == "estimator" and leaf.startswith("w"):
+        return value.T
+    if leaf == "kernel":
+        return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+    if leaf == "bias" and modules and re.fullmatch(r"move\d+", modules[-1]):
+        return value.reshape(-1)
+    return value
+
+
+def expected_variables(name: str, num_classes: int = 1000, **model_kwargs: Any) -> dict[Path_, jax.ShapeDtypeStruct]:
+    """Flattened variable shapes of ``models.create(name, num_classes, **model_kwargs)``."""
+    model = models.create(name, num_classes, **model_kwargs)
+    size = 32 if model_kwargs.get("small_inputs") else 64  # parameter shapes do not depend on it
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    return traverse_util.flatten_dict(shapes)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The state_dict inside an official checkpoint ({'state_dict': ...}), without ``module.``."""
+    sd = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _infer_num_classes(sd: Mapping[str, Any]) -> int:
+    if "fc.weight" not in sd:
+        raise ValueError("missing key 'fc.weight' (needed for the number of classes)")
+    return int(_as_numpy(sd["fc.weight"]).shape[0])
+
+
+def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None = None,
+               dtype: Any = np.float32, **model_kwargs: Any) -> dict[str, Any]:
+    """Flax variables of model ``name`` from a PyTorch state_dict (or an official checkpoint).
+
+    ``num_classes`` defaults to the rows of ``fc.weight``; values are cast to ``dtype``;
+    ``model_kwargs`` as in ``models.create``.
+    """
+    sd = unwrap_state_dict(state_dict)
+    num_classes = _infer_num_classes(sd) if num_classes is None else num_classes
+    family = models.family(name)
+    expected = expected_variables(name, num_classes, **model_kwargs)
+    keys = {path: torch_key(path, family) for path in expected}
+    missing, misshaped, flat = [], [], {}
+    for path, shape in expected.items():
+        key = keys[path]
+        if key not in sd:
+            missing.append(f"{key} (expected shape {tuple(_to_torch_layout(path, np.zeros(shape.shape)).shape)})")
+            continue
+        value = _as_numpy(sd[key])
+        want = _to_torch_layout(path, np.zeros(shape.shape)).shape
+        if value.shape != want:
+            misshaped.append(f"{key}: expected shape {tuple(want)} for {'/'.join(path)}, got {tuple(value.shape)}")
+            continue
+        flat[path] = _from_torch_layout(path, value.astype(dtype))
+    bn_modules = {k.rsplit(".", 1)[0] for k in keys.values() if k.endswith(".running_mean")}
+    unexpected = [k for k in sd if k not in keys.values()
+                  and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in bn_modules)]
+    problems = ([f"missing: {m}" for m in missing] + [f"misshaped: {m}" for m in misshaped]
+                + [f"unexpected: {k} {tuple(_as_numpy(sd[k]).shape)}" for k in sorted(unexpected)])
+    if problems:
+        raise ValueError(f"state_dict does not match model {name!r} ({num_classes} classes):\n  "
+                         + "\n  ".join(problems))
+    return traverse_util.unflatten_dict(flat)
+
+
+def to_torch(name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0) -> OrderedDict:
+    """A PyTorch state_dict (``torch.Tensor`` values) of model ``name`` from Flax variables."""
+    import torch
+
+    family = models.family(name)
+    out: OrderedDict[str, Any] = OrderedDict()
+    for path, value in traverse_util.flatten_dict(dict(variables)).items():
+        key = torch_key(path, family)
+        out[key] = torch.from_numpy(np.ascontiguousarray(_to_torch_layout(path, np.asarray(value))))
+        if key.endswith(".running_var"):
+            out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = torch.tensor(num_batches_tracked, dtype=torch.long)
+    return out
+
+
+def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Reads a ``.pth``/``.pth.tar`` file safely (``weights_only=True``) and returns its state_dict."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Convert a PyTorch checkpoint to an mlpbnn variables checkpoint.")
+    parser.add_argument("checkpoint", help=".pth / .pth.tar file (state_dict or {'state_dict': ...})")
+    parser.add_argument("out_dir", help="new directory for the orbax checkpoint")
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(models.names())}")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: rows of fc.weight")
+    parser.add_argument("--small-inputs", action="store_true")
+    args = parser.parse_args(argv)
+    kwargs = {"small_inputs": True} if args.small_inputs else {}
+    sd = load_torch_checkpoint(args.checkpoint)
+    num_classes = _infer_num_classes(sd) if args.num_classes is None else args.num_classes
+    variables = from_torch(args.model, sd, num_classes, **kwargs)
+    out = save_variables(args.out_dir, variables, args.model, {"num_classes": num_classes, **kwargs})
+    n = sum(np.size(v) for v in jax.tree.leaves(variables))
+    print(f"converted {len(sd)} tensors ({n:,} values) of {args.model} to {out}")
+
+
+if __name__ == "__main__":
+    main()
