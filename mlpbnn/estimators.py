@@ -23,10 +23,12 @@ receive cotangents for it, so the task loss trains them, as in BBC (He et al., a
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -585,12 +587,35 @@ def get(name: str, **hparams: Any) -> Estimator:
     return Estimator(name, tuple(sorted(hp.items())))
 
 
+def parse(spec: str) -> Estimator | None:
+    """An Estimator from the command-line form ``name`` or ``name(k=v, ...)``, e.g.
+    ``mlp(hidden=10, init='positive')``; ``''`` or ``'none'`` give None (real values)."""
+    spec = spec.strip()
+    if spec in ("", "none"):
+        return None
+    m = re.fullmatch(r"([A-Za-z_]\w*)\s*(?:\((.*)\))?", spec, flags=re.S)
+    if not m:
+        raise ValueError(f"cannot parse estimator {spec!r}; expected NAME or NAME(key=value, ...)")
+    name, args = m.group(1), m.group(2)
+    hparams: dict[str, Any] = {}
+    if args and args.strip():
+        try:
+            call = ast.parse(f"f({args})", mode="eval").body
+            hparams = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}  # type: ignore[attr-defined]
+            if call.args or any(kw.arg is None for kw in call.keywords):  # type: ignore[attr-defined]
+                raise ValueError("positional argument")
+        except (SyntaxError, ValueError) as e:
+            raise ValueError(f"cannot parse estimator {spec!r}: arguments must be key=literal ({e})") from None
+    return get(name, **hparams)
+
+
 def resolve(spec: str | Estimator | Mapping[str, Any] | None) -> Estimator | None:
-    """An Estimator from a name, an Estimator, a {'name': ..., **hparams} mapping, or None."""
+    """An Estimator from a name or ``name(k=v)`` string, an Estimator, a {'name': ..., **hparams}
+    mapping, or None."""
     if spec is None or isinstance(spec, Estimator):
         return spec
     if isinstance(spec, str):
-        return None if spec in ("", "none") else get(spec)
+        return parse(spec)
     spec = dict(spec)
     if "name" not in spec:
         raise ValueError(f"an estimator mapping needs a 'name' key, got keys {sorted(spec)}")

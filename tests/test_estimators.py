@@ -367,6 +367,19 @@ def test_estimators_are_hashable_and_resolvable():
         E.resolve({"t": 2.0})
 
 
+def test_parse_command_line_form():
+    assert E.resolve("mlp(hidden=10, init='positive')") == E.get("mlp", hidden=10, init="positive")
+    assert E.parse(" ede ") == E.get("ede") and E.parse("") is None
+    with pytest.raises(ValueError, match="key=literal"):
+        E.parse("mlp(10)")
+    with pytest.raises(ValueError, match="key=literal"):
+        E.parse("mlp(hidden=n)")
+    with pytest.raises(ValueError, match="expected NAME"):
+        E.parse("mlp[3]")
+    with pytest.raises(ValueError, match="unknown hparam"):
+        E.parse("ste(beta=2)")
+
+
 @pytest.mark.parametrize("name", ["mlp", "linear"])
 def test_chunked_backward_equals_single_pass(name):
     theta = big_theta(jax.random.key(7))
