@@ -1,0 +1,94 @@
+"""What the trainer needs from a dataset, and the host-batch -> global-array step.
+
+A dataset yields *host-local* numpy batches: on each process, its own contiguous slice of every
+global batch. ``to_global`` assembles them into one ``jax.Array`` sharded over the mesh's
+``data`` axis, so that the jit'd step sees the global batch (BatchNorm statistics included).
+
+Training input is addressed by position: ``train_batches(position)`` starts at the
+``position``-th global example of an endless, seed-determined stream, so a checkpoint that
+stores the position resumes on exactly the next batch. Evaluation covers every example once:
+the last global batch is padded and carries ``mask`` = 0 on the padding.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+Batch = dict[str, np.ndarray]
+
+
+class Dataset(abc.ABC):
+    """Classification data: images NHWC float32, labels int32."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    train_size: int
+    eval_size: int
+
+    @abc.abstractmethod
+    def train_batches(self, position: int, global_batch: int, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[tuple[Batch, int]]:
+        """Host-local training batches from ``position`` on, each with the position after it."""
+
+    @abc.abstractmethod
+    def eval_batches(self, global_batch: int, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        """Host-local evaluation batches with ``mask``; padded, never dropped."""
+
+    def describe(self) -> str:
+        return (f"{type(self).__name__}: {self.train_size:,} train / {self.eval_size:,} eval images "
+                f"{'x'.join(map(str, self.image_shape))}, {self.num_classes} classes")
+
+
+def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+    """This process's rows of a global batch."""
+    if global_batch % process_count:
+        raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
+    per = global_batch // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def pad_to(batch: Batch, size: int) -> Batch:
+    """Pads every array to ``size`` rows with zeros and sets ``mask`` (1 real, 0 padding)."""
+    n = len(next(iter(batch.values())))
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out["mask"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def to_global(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local numpy batch -> global jax.Arrays sharded along the batch axis."""
+    sharding = data_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def eval_pad_size(n: int, global_batch: int) -> int:
+    return -(-n // global_batch) * global_batch
+
+
+def stream_indices(start: int, count: int, size: int, seed: int) -> np.ndarray:
+    """Indices of examples ``start .. start+count-1`` of the endless stream that visits a fresh
+    seed-determined permutation of ``range(size)`` every epoch."""
+    g = np.arange(start, start + count)
+    epochs, offsets = np.divmod(g, size)
+    out = np.empty(count, np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(e)]).permutation(size)
+        sel = epochs == e
+        out[sel] = perm[offsets[sel]]
+    return out
+
+
+def describe_batch(batch: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in batch.items())

@@ -1,0 +1,224 @@
+"""The configuration every experiment starts from, and its validation.
+
+``configs/*.py`` call ``base_config()`` and change what they need; the command line overrides
+any field (``--config.optimizer.learning_rate=1e-3``). ``validate`` runs before any compilation
+and raises ``ConfigError`` naming the field and the valid choices.
+
+Top-level fields, as in flax's examples: ``seed``, ``batch_size`` (global, over all devices and
+hosts), ``num_train_steps`` (-1: from ``num_epochs``), ``log_every_steps``, ``eval_every_steps``,
+``checkpoint_every_steps``, and the groups ``model``, ``estimator``, ``data``, ``optimizer``,
+``loss``, ``teacher``, ``two_stage``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from mlpbnn import estimators, models
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "linear", "cosine", "step")
+SCHEDULE_UNITS = ("step", "epoch")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+DTYPES = ("float32", "bfloat16")
+PARTITIONS = ("binary_kernel", "real_kernel", "other")
+DATASETS = ("digits", "fashion_mnist", "imagenet")
+
+
+class ConfigError(ValueError):
+    """A configuration field has a bad value; the message names the field."""
+
+
+def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """One optimizer with its learning-rate schedule.
+
+    schedule: constant | linear (to zero at the end) | cosine | step (x gamma at each milestone).
+    schedule_unit: 'step' (smooth) or 'epoch' (piecewise constant per epoch, PyTorch-style);
+    milestones are in schedule units. epoch_start_quirk: the official BBC/ReActNet scripts call
+    scheduler.step() at the *start* of every epoch, so epoch e runs at the value for e + 1 (the
+    last epoch of a linear decay at lr 0); reproduce that only on request (epoch unit only).
+    weight_decay_mode: 'l2' adds wd * w to the gradient (torch.optim.Adam), 'decoupled' is AdamW.
+    """
+    c = ml_collections.ConfigDict({
+        "name": "adam", "learning_rate": 1e-3, "schedule": "constant", "schedule_unit": "step",
+        "epoch_start_quirk": False, "warmup_steps": 0, "milestones": (), "gamma": 0.1,
+        "b1": 0.9, "b2": 0.999, "eps": 1e-8, "momentum": 0.9, "nesterov": False,
+        "weight_decay": 0.0, "weight_decay_mode": "l2", "grad_clip_norm": 0.0,
+    })
+    c.update(overrides)
+    return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 128               # global batch over all devices and hosts
+    c.eval_batch_size = -1           # -1: batch_size
+    c.num_epochs = 1.0
+    c.num_train_steps = -1           # -1: from num_epochs
+    c.log_every_steps = 50
+    c.eval_every_steps = -1          # -1: evaluate at the end only
+    c.checkpoint_every_steps = 500   # also at the end; must be a multiple of log_every_steps
+    c.keep_checkpoints = 3           # the last k in workdir/checkpoints
+    c.best_metric = "top1"           # eval metric whose best checkpoint is kept in workdir/best ('' off)
+    c.dtype = "float32"              # compute dtype: bfloat16 keeps params, BN stats, estimator, loss f32
+    c.num_devices = -1               # -1: every device of every host
+    c.init_checkpoint = ""           # variables checkpoint to start from (python -m mlpbnn.convert ...)
+    c.progress_bar = True
+
+    c.model = ml_collections.ConfigDict({"name": "bireal_resnet18"})  # plus models.create overrides
+    # Estimators as NAME or NAME(key=value, ...), e.g. "mlp(init='positive')"; "none": real values.
+    c.estimator = ml_collections.ConfigDict({"weights": "mlp", "activations": "approx_sign", "share": True})
+    c.data = ml_collections.ConfigDict({"name": "digits", "dir": "", "augment": "none"})
+
+    c.optimizer = optimizer_config()
+    # Per-partition settings of the main optimizer: lr multiplier and weight decay (None: the
+    # optimizer's). binary_kernel: latent weights of binary layers; real_kernel: real conv and
+    # dense kernels; other: biases, BN, PReLU and learnable shifts.
+    c.optimizer.partitions = ml_collections.ConfigDict({
+        p: {"lr_mult": 1.0, "weight_decay": config_dict.placeholder(float)} for p in PARTITIONS})
+    # The learnable estimator's parameters have an optimizer of their own.
+    c.optimizer.estimator = optimizer_config()
+
+    c.loss = ml_collections.ConfigDict({"label_smoothing": 0.0})
+    # Knowledge distillation from a frozen teacher: alpha * soft CE(teacher, student) + (1 - alpha) * CE.
+    # checkpoint: a variables checkpoint directory (python -m mlpbnn.convert, or a run's
+    # workdir/variables) or a PyTorch .pth/.pth.tar file of teacher.model.
+    c.teacher = ml_collections.ConfigDict({"checkpoint": "", "model": "", "alpha": 0.9, "temperature": 1.0})
+    # Two-stage training (ReActNet): binary activations with real weights for stage1_fraction of
+    # the steps, then both binary, initialised from stage one, each stage with its own schedule.
+    c.two_stage = ml_collections.ConfigDict({
+        "enabled": False, "stage1_fraction": 0.5, "stage1_weight_decay": config_dict.placeholder(float)})
+    return c
+
+
+def _fail(field: str, problem: str) -> None:
+    raise ConfigError(f"config.{field}: {problem}")
+
+
+def _choice(config: Any, field: str, valid: tuple[str, ...]) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if value not in valid:
+        _fail(field, f"{value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def _positive(config: Any, field: str, allow: tuple = ()) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if value in allow:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        _fail(field, f"must be > 0{' or ' + ' or '.join(map(str, allow)) if allow else ''}, got {value!r}")
+
+
+def _check_optimizer(opt: Any, field: str) -> None:
+    for key, valid in (("name", OPTIMIZERS), ("schedule", SCHEDULES), ("schedule_unit", SCHEDULE_UNITS),
+                       ("weight_decay_mode", WEIGHT_DECAY_MODES)):
+        if opt[key] not in valid:
+            _fail(f"{field}.{key}", f"{opt[key]!r} is not valid; choose one of {', '.join(valid)}")
+    if not opt.learning_rate >= 0:
+        _fail(f"{field}.learning_rate", f"must be >= 0, got {opt.learning_rate!r}")
+    if opt.weight_decay < 0:
+        _fail(f"{field}.weight_decay", f"must be >= 0, got {opt.weight_decay!r}")
+    if opt.epoch_start_quirk and opt.schedule_unit != "epoch":
+        _fail(f"{field}.epoch_start_quirk", "needs schedule_unit='epoch' (the quirk shifts per-epoch schedules)")
+    if opt.schedule == "step" and not opt.milestones:
+        _fail(f"{field}.milestones", "schedule 'step' needs milestones (in schedule units)")
+    if list(opt.milestones) != sorted(opt.milestones):
+        _fail(f"{field}.milestones", f"must be increasing, got {tuple(opt.milestones)}")
+    if opt.warmup_steps < 0:
+        _fail(f"{field}.warmup_steps", f"must be >= 0, got {opt.warmup_steps}")
+
+
+def model_kwargs(config: Any, stage_weights: str | None = None) -> dict[str, Any]:
+    """models.create kwargs from config.model and config.estimator (binary models only)."""
+    kw = {k: v for k, v in config.model.items() if k != "name"}
+    if models.family(config.model.name) != "resnet":
+        kw["weight_estimator"] = config.estimator.weights if stage_weights is None else stage_weights
+        kw["activation_estimator"] = config.estimator.activations
+        kw["share_estimator"] = config.estimator.share
+    return kw
+
+
+def validate(config: Any, device_count: int, process_count: int = 1) -> None:
+    """Checks every field that can be checked without data or compilation."""
+    if config.model.name not in models.names():
+        _fail("model.name", f"{config.model.name!r} is not valid; choose one of {', '.join(models.names())}")
+    for field in ("weights", "activations"):
+        try:
+            estimators.parse(config.estimator[field])
+        except ValueError as e:
+            _fail(f"estimator.{field}", str(e))
+    try:
+        models.create(config.model.name, 10, **model_kwargs(config))
+    except ValueError as e:
+        _fail("model", str(e))
+    _choice(config, "dtype", DTYPES)
+    _choice(config, "data.name", DATASETS)
+    for field in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _positive(config, field)
+    _positive(config, "eval_batch_size", allow=(-1,))
+    _positive(config, "eval_every_steps", allow=(-1,))
+    _positive(config, "num_train_steps", allow=(-1,))
+    if config.num_train_steps == -1:
+        _positive(config, "num_epochs")
+    if config.checkpoint_every_steps % config.log_every_steps:
+        _fail("checkpoint_every_steps", f"{config.checkpoint_every_steps} must be a multiple of log_every_steps "
+                                        f"({config.log_every_steps}) so that resumed metric windows line up")
+    n = device_count if config.num_devices == -1 else config.num_devices
+    if config.num_devices != -1 and not 1 <= config.num_devices <= device_count:
+        _fail("num_devices", f"{config.num_devices} not in 1..{device_count} (the devices available)")
+    for field in ("batch_size", "eval_batch_size"):
+        b = config[field] if config[field] != -1 else config.batch_size
+        if b % n:
+            _fail(field, f"{b} is not divisible by the {n} devices; use a multiple of {n}")
+        if b % process_count:
+            _fail(field, f"{b} is not divisible by the {process_count} processes")
+    _check_optimizer(config.optimizer, "optimizer")
+    _check_optimizer(config.optimizer.estimator, "optimizer.estimator")
+    for p in PARTITIONS:
+        if p not in config.optimizer.partitions:
+            _fail(f"optimizer.partitions.{p}", "missing")
+        part = config.optimizer.partitions[p]
+        if part.lr_mult < 0 or (part.weight_decay is not None and part.weight_decay < 0):
+            _fail(f"optimizer.partitions.{p}", f"lr_mult and weight_decay must be >= 0, got {dict(part)}")
+    extra = sorted(set(config.optimizer.partitions) - set(PARTITIONS))
+    if extra:
+        _fail("optimizer.partitions", f"unknown partition(s) {extra}; valid: {', '.join(PARTITIONS)}")
+    if not 0 <= config.loss.label_smoothing < 1:
+        _fail("loss.label_smoothing", f"must be in [0, 1), got {config.loss.label_smoothing}")
+    if config.best_metric not in ("", "top1", "top5", "loss"):
+        _fail("best_metric", f"{config.best_metric!r} is not valid; choose one of top1, top5, loss, ''")
+    if config.teacher.checkpoint:
+        path = Path(config.teacher.checkpoint)
+        if not path.exists():
+            _fail("teacher.checkpoint", f"{path} does not exist")
+        if path.is_file() and config.teacher.model not in models.names():
+            _fail("teacher.model", f"a PyTorch teacher file needs its model name; {config.teacher.model!r} "
+                                   f"is not one of {', '.join(models.names())}")
+        if not 0 <= config.teacher.alpha <= 1:
+            _fail("teacher.alpha", f"must be in [0, 1], got {config.teacher.alpha}")
+        _positive(config, "teacher.temperature")
+    if config.init_checkpoint and not Path(config.init_checkpoint).exists():
+        _fail("init_checkpoint", f"{config.init_checkpoint} does not exist")
+    if config.two_stage.enabled:
+        if models.family(config.model.name) == "resnet":
+            _fail("two_stage.enabled", f"two-stage training needs a binary model, not {config.model.name!r}")
+        if estimators.parse(config.estimator.weights) is None:
+            _fail("two_stage.enabled", "stage two binarizes the weights: set estimator.weights")
+        if not 0 < config.two_stage.stage1_fraction < 1:
+            _fail("two_stage.stage1_fraction", f"must be in (0, 1), got {config.two_stage.stage1_fraction}")
+
+
+def total_steps(config: Any, train_size: int) -> int:
+    if config.num_train_steps != -1:
+        return int(config.num_train_steps)
+    return math.ceil(config.num_epochs * train_size / config.batch_size)
