@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/digits
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup train test lint
@@ -19,7 +19,7 @@ train: setup
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
 
 lint: setup
 	$(PY) -m ruff check .

@@ -8,7 +8,7 @@ TPU pod / SLURM job with --distributed).
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -18,6 +18,7 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).")
+flags.DEFINE_bool("verbose_logs", False, "Keep absl INFO logs (orbax, jax.distributed); off: warnings only.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,11 +26,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not FLAGS.verbose_logs:  # orbax logs every save at INFO; metrics go to the console and metrics.jsonl
+        logging.set_verbosity(logging.WARNING)
     import jax
 
     if FLAGS.coordinator_address or FLAGS.distributed:
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # Collectives between the CPU devices of different processes (gloo); no effect on the
+        # TPU/GPU backends. Set before initialize: asking for the backend here would start it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
     from mlpbnn.train import ConfigError, TrainingDiverged, run

@@ -26,10 +26,13 @@ def save_variables(directory: str | Path, variables: Any, model: str, model_kwar
     if (directory / TREE).exists() or (directory / META).exists():
         raise FileExistsError(f"{directory} already holds a variables checkpoint; choose a new directory")
     directory.mkdir(parents=True, exist_ok=True)
-    tree = jax.tree.map(np.asarray, variables)
+    # Host arrays stay as they are; global jax.Arrays of a multi-process run go to orbax as they
+    # are (every process calls this, orbax writes each shard once).
+    tree = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), variables)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / TREE, tree)
-    (directory / META).write_text(json.dumps({"model": model, "model_kwargs": model_kwargs}, indent=2) + "\n")
+    if jax.process_index() == 0:
+        (directory / META).write_text(json.dumps({"model": model, "model_kwargs": model_kwargs}, indent=2) + "\n")
     return directory
 
 

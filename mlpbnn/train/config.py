@@ -207,6 +207,7 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
         if not 0 <= config.teacher.alpha <= 1:
             _fail("teacher.alpha", f"must be in [0, 1], got {config.teacher.alpha}")
         _positive(config, "teacher.temperature")
+    _check_data_paths(config.data)
     if config.init_checkpoint and not Path(config.init_checkpoint).exists():
         _fail("init_checkpoint", f"{config.init_checkpoint} does not exist")
     if config.two_stage.enabled:
@@ -216,6 +217,25 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
             _fail("two_stage.enabled", "stage two binarizes the weights: set estimator.weights")
         if not 0 < config.two_stage.stage1_fraction < 1:
             _fail("two_stage.stage1_fraction", f"must be in (0, 1), got {config.two_stage.stage1_fraction}")
+
+
+def _check_data_paths(data: Any) -> None:
+    """Missing data is a config error, found before anything is built or compiled."""
+    if data.name == "fashion_mnist" and data.get("dir") and not Path(data.dir).is_dir():
+        _fail("data.dir", f"{data.dir} is not a directory (it should hold the four Fashion-MNIST IDX gz files)")
+    if data.name == "imagenet":
+        from mlpbnn.data import imagenet
+
+        data_dir = data.get("data_dir", "") or imagenet.default_data_dir()
+        if imagenet.is_prepared(data_dir):
+            return
+        manual = data.get("manual_dir", "")
+        if not manual:
+            _fail("data.manual_dir", f"imagenet2012 is not prepared in {data_dir} (data.data_dir) and no "
+                                     "data.manual_dir names the folder with ILSVRC2012_img_train.tar and "
+                                     "ILSVRC2012_img_val.tar to prepare it from")
+        if not Path(manual).is_dir():
+            _fail("data.manual_dir", f"{manual} is not a directory")
 
 
 def total_steps(config: Any, train_size: int) -> int:

@@ -131,6 +131,7 @@ class Trainer:
         self.stages = plan_stages(config, self.total)
         self.dtype = jnp.dtype(config.dtype)
         self.image_shape = tuple(self.dataset.image_shape)
+        self.exported_before = (self.workdir / "variables").exists()
 
     # ------------------------------------------------------------------ setup per stage
 
@@ -316,7 +317,7 @@ class Trainer:
     def _export(self, state: TrainState) -> None:
         """The final variables as a variables checkpoint (a teacher or init for other runs)."""
         out = self.workdir / "variables"
-        if out.exists():
+        if self.exported_before:  # decided at start: every process must take the same branch
             return
         kwargs = {"num_classes": self.dataset.num_classes, **model_kwargs(self.config)}
         tree = host(state.variables()) if self.pc == 1 else state.variables()

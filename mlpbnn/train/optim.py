@@ -81,17 +81,18 @@ def _transform(opt: Any, lr: Schedule, weight_decay: float, lr_mult: float) -> o
 def partition_labels(trainable: Any, binary_kernels: set[str]) -> Any:
     """A tree like ``trainable`` of partition names; ``binary_kernels`` holds module paths
     ('layer1_0/binary_conv') of layers whose kernel is binarized."""
-    flat = traverse_util.flatten_dict(trainable)
-    labels = {}
-    for path in flat:
-        collection, *modules, leaf = path
+    def label(collection: str, path: tuple[str, ...]) -> str:
+        *modules, leaf = path
         if collection == "estimator":
-            labels[path] = "estimator"
-        elif leaf == "kernel":
-            labels[path] = "binary_kernel" if "/".join(modules) in binary_kernels else "real_kernel"
-        else:
-            labels[path] = "other"
-    return traverse_util.unflatten_dict(labels)
+            return "estimator"
+        if leaf == "kernel":
+            return "binary_kernel" if "/".join(modules) in binary_kernels else "real_kernel"
+        return "other"
+
+    # Per collection, so that an empty one (a model without a learnable estimator) keeps its {}.
+    return {collection: traverse_util.unflatten_dict({p: label(collection, p)
+                                                      for p in traverse_util.flatten_dict(tree)})
+            for collection, tree in trainable.items()}
 
 
 def make(config: Any, trainable: Any, binary_kernels: set[str], total_steps: int, steps_per_epoch: float,

@@ -98,7 +98,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, total
         metrics = {
             "loss": loss,
             "top1": jnp.mean(losses.topk_correct(logits, labels, 1)),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "flip_ratio": flip_ratio(state.params, trainable["params"], binary_kernels, weight_norm),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
         }
