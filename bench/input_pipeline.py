@@ -3,6 +3,10 @@ Inception crop, flip, resize, normalise) with one decode thread and with all cor
 500x375 JPEGs in the ILSVRC2012 layout prepared by TFDS's real imagenet2012 builder.
 
     python bench/input_pipeline.py [--images 256] [--batch 64] [--batches 8] [--rounds 3] [--size 224]
+                                   [--step_batch 16]
+
+Beside it, the images/s that a ``bireal_resnet18`` training step (BBC MLP on weights, ApproxSign
+activations, Adam; at ``--size``) consumes on the same machine (``--step_batch 0`` skips it).
 
 Prints a table and writes bench/results/input_pipeline.json. ``input_rate(dataset, ...)`` is the
 measurement, reusable for other datasets or beside a training step.
@@ -101,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per setting (median; interleaved)")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--step_batch", type=int, default=16, help="batch of the training step timed (0: skip)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
 
@@ -123,6 +128,14 @@ def main() -> None:
         evals = eval_rate(datasets[f"{cores} threads"], args.batch)
         load_after = os.getloadavg()
 
+    step_rate = None
+    if args.step_batch:
+        from bench.common import interleaved_medians
+        from bench.train_step import mlpbnn_step
+
+        step = mlpbnn_step("bireal_resnet18", "mlp", args.size, args.step_batch, "auto", small_inputs=False)
+        step_rate = args.step_batch / interleaved_medians({"step": step}, args.rounds)["step"]
+
     med = {k: statistics.median(v) for k, v in rates.items()}
     one, allc = med["1 thread"], med[f"{cores} threads"]
     ref_scaling = statistics.median(refs[f"{cores} threads"]) / statistics.median(refs["1 thread"])
@@ -136,6 +149,10 @@ def main() -> None:
           f"{(allc / one) / ref_scaling:.0%} of the parallelism the machine gives")
     print(f"{'eval':<12} {evals:9.1f} {evals / cores:9.1f}   (resize {round(args.size * 256 / 224)} + centre crop, "
           f"{cores} threads)")
+    if step_rate is not None:
+        print(f"{'consumed':<12} {step_rate:9.1f}             by a bireal_resnet18 training step at {args.size}x"
+              f"{args.size}, batch {args.step_batch}, on the same {cores} cores: the input needs "
+              f"{step_rate / one:.2f} of them")
     path = write_json("input_pipeline", {
         "what": "training-input images/s of mlpbnn.data.imagenet (decode + Inception crop + flip + resize + "
                 "normalise, float32 NHWC) on generated 500x375 JPEGs prepared by TFDS imagenet2012 (array_record)",
@@ -150,6 +167,8 @@ def main() -> None:
         "reference_zlib_scaling_1_to_all_cores": round(ref_scaling, 2),
         "pipeline_scaling_1_to_all_cores": round(allc / one, 2),
         "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        "train_step_images_per_s": None if step_rate is None else round(step_rate, 2),
+        "train_step_batch": args.step_batch,
         "note": "the machine is shared: the zlib reference shows how many cores were actually available",
     })
     print(f"wrote {path}")
