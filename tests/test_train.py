@@ -53,13 +53,13 @@ def tiny(**overrides):
     return c
 
 
-def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True):
+def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True, cwd: Path = ROOT):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/digits.py"),
            "--workdir", str(workdir), "--config.progress_bar=False", *flags]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 SMALL_CLI = ("--config.model.width=8", "--config.batch_size=32", "--config.num_train_steps=40",
@@ -68,8 +68,8 @@ SMALL_CLI = ("--config.model.width=8", "--config.batch_size=32", "--config.num_t
 
 @pytest.mark.slow
 def test_train_py_end_to_end(tmp_path):
-    out = cli(tmp_path / "run", *SMALL_CLI[:2], "--config.num_train_steps=6", "--config.log_every_steps=2",
-              "--config.checkpoint_every_steps=4")
+    out = cli(Path("run"), *SMALL_CLI[:2], "--config.num_train_steps=6", "--config.log_every_steps=2",
+              "--config.checkpoint_every_steps=4", cwd=tmp_path)  # a relative workdir, as in the README
     assert out.returncode == 0, out.stdout + out.stderr
     assert "eval top-1" in out.stdout + out.stderr
     run_dir = tmp_path / "run"

@@ -120,7 +120,7 @@ class Trainer:
 
     def __init__(self, config: Any, workdir: str | Path):
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).absolute()  # orbax refuses relative paths
         self.pi, self.pc = jax.process_index(), jax.process_count()
         validate(config, jax.device_count(), self.pc)
         self.dataset = data.create(config.data, config.seed)
