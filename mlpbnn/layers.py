@@ -15,9 +15,10 @@ it separately. A network shares one theta for all its layers by passing the same
 ``EstimatorParams`` module to each layer (as the official code shares one ``meta_net``); a layer
 given none creates its own (per-layer theta).
 
-Layout is NHWC with HWIO kernels. Padding is explicit (PyTorch parity: Flax 'SAME' pads stride-2
-convolutions asymmetrically) and its value may be 0 or +-1 (binary-exact XNOR inference needs
-+-1 padding).
+Layout is NHWC with HWIO kernels; convolutions go through ``mlpbnn.conv.conv2d`` (XLA's
+forward, a fast im2col weight gradient on the CPU backend). Padding is explicit (PyTorch parity:
+Flax 'SAME' pads stride-2 convolutions asymmetrically) and its value may be 0 or +-1
+(binary-exact XNOR inference needs +-1 padding).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlpbnn.conv import conv2d
 from mlpbnn.estimators import Estimator, Theta
 
 Array = jax.Array
@@ -213,9 +215,9 @@ class BinaryConv(nn.Module):
 
 
 def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
-    """VALID NHWC x HWIO convolution (padding is applied by the caller)."""
-    return jax.lax.conv_general_dilated(x, kernel, strides, "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """VALID NHWC x HWIO convolution (padding is applied by the caller); ``mlpbnn.conv.conv2d``,
+    whose weight gradient is im2col matmuls on the CPU backend."""
+    return conv2d(x, kernel, strides, 0)
 
 
 class BinaryDense(nn.Module):

@@ -185,10 +185,15 @@ def _report(name, precision, logits_j, logits_t, grads_j, grads_t):
 
 @pytest.mark.slow
 def test_parity_at_224_bireal18():
-    net = reference("bireal_resnet18", (4, 4, 4, 4), 1000)
-    result = parity("bireal_resnet18", net, 224, 1000, batch=2)
-    _report("bireal_resnet18", "float32", *result)
-    assert_parity(*result)
+    """In float64: in float32 a pre-sign activation within rounding of zero takes opposite signs
+    in the two frameworks somewhere among the millions of a 224 px network (seen: one of two
+    images, logits off by 0.2), and a binary network amplifies that one flip. In float64 no input
+    of a sign lies that close to zero, and both frameworks agree to rounding."""
+    with jax.enable_x64(True):
+        result = parity("bireal_resnet18", reference("bireal_resnet18", (4, 4, 4, 4), 1000), 224, 1000,
+                        batch=2, float64=True)
+    _report("bireal_resnet18", "float64", *result)
+    assert_parity(*result, rtol=1e-9)
 
 
 @pytest.mark.slow

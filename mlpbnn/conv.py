@@ -1,0 +1,318 @@
+"""2-D convolution with a weight gradient that is fast on the CPU.
+
+``conv2d(x, kernel, strides, padding)`` is an NHWC x HWIO convolution with explicit padding and
+no bias. Its forward pass and input gradient are XLA's (``lax.conv_general_dilated`` and its
+transpose), which run near matmul speed on every backend. XLA:CPU's convolution *weight*
+gradient, however, runs at a fraction of that (3-13 GFLOP/s against 50-70 for the forward on
+the development machines), so on the CPU backend the weight gradient is written as im2col
+matmuls instead:
+
+    dW[i, j] = sum_{n, h, w} x_pad[n, s h + i, s w + j, :]^T  g[n, h, w, :]
+
+i.e. for each of the kh*kw taps, the strided shifted input slice contracted with the output
+gradient over N, H, W (one ``dot_general`` per tap; for inputs with few channels, the taps are
+concatenated along channels into one im2col matrix and one ``dot_general``). The batch is walked
+in groups of a few images (a ``lax.scan``) so that each group's slices stay in cache: that, more
+than the matmul form itself, is what makes it fast (2-10x XLA's weight gradient per layer).
+On tiny output maps (ResNet's last stage on small images), where XLA:CPU's convolution itself
+is up to 100x slower than a matmul, the input gradient (maps of <= 16 pixels) and the forward
+(< 16 pixels) are the im2col matmul (and its transpose) too. Results are the same up to float
+rounding (tests/test_conv.py checks 1e-5).
+
+Which implementation runs is decided when the function is traced:
+
+- ``auto`` (default): ``im2col`` on the CPU backend (``jax.default_backend() == 'cpu'``),
+  ``xla`` elsewhere (GPU/TPU convolution gradients are fast as they are);
+- ``xla``: plain ``lax.conv_general_dilated`` (autodiff gives lax's own gradients);
+- ``im2col``: the custom VJP above on any backend.
+
+Override with the environment variable ``MLPBNN_CONV_IMPL=auto|xla|im2col``, with
+``set_impl(name)`` or with the ``use_impl(name)`` context manager (these take precedence over the
+variable). A jitted function keeps the implementation it was traced with.
+
+``conv_general_dilated`` is a drop-in for ``lax.conv_general_dilated`` that routes the 2-D
+NHWC/HWIO undilated, ungrouped case to ``conv2d`` (and everything else to lax); it is what
+``flax.linen.Conv(..., conv_general_dilated=...)`` takes, so real convolutions keep Flax's
+module, parameter names and initialisers.
+
+The compute dtype follows the inputs (bfloat16 inputs convolve in bfloat16; the im2col weight
+gradient accumulates in float32 and is cast back to the kernel's dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+IMPLS = ("auto", "xla", "im2col")
+ENV_VAR = "MLPBNN_CONV_IMPL"
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+# Weight-gradient blocking: rows (output pixels) per scan step are chosen so that one step's
+# input slice (taps) or im2col matrix (concatenated taps) takes about _BLOCK_BYTES, within
+# [_MIN_ROWS, _MAX_ROWS]; inputs with fewer than _COLS_MAX_CHANNELS channels use the im2col
+# matrix (one matmul with kh*kw*C rows instead of kh*kw thin ones).
+_BLOCK_BYTES = 1 << 20
+_MIN_ROWS, _MAX_ROWS = 1024, 16384
+_COLS_MAX_CHANNELS = 32
+# Output maps of fewer pixels than this run the forward as an im2col matmul, and of at most
+# this many the input gradient (measured: XLA's convolution is 100x slower at 2x2, 1.5x at 4x4).
+_COLS_FORWARD_MAX_PIXELS = 16
+_COLS_INPUT_GRAD_MAX_PIXELS = 16
+
+_override: str | None = None
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"convolution implementation must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def set_impl(impl: str | None) -> None:
+    """Selects the implementation for convolutions traced from now on (None: back to the
+    ``MLPBNN_CONV_IMPL`` variable, else ``auto``)."""
+    global _override
+    _override = None if impl is None else _check_impl(impl)
+
+
+@contextlib.contextmanager
+def use_impl(impl: str | None) -> Iterator[None]:
+    """``with use_impl('xla'): ...`` traces the convolutions inside with ``impl``."""
+    global _override
+    previous = _override
+    set_impl(impl)
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def impl_setting() -> str:
+    """The requested implementation: ``set_impl``/``use_impl``, else ``$MLPBNN_CONV_IMPL``, else auto."""
+    if _override is not None:
+        return _override
+    return _check_impl(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto")
+
+
+def resolved_impl() -> str:
+    """``xla`` or ``im2col``: what a convolution traced now uses."""
+    impl = impl_setting()
+    if impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{what} must be an int or 2 ints, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _padding(padding: Any) -> Padding:
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be explicit, got {padding!r}")
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    padding = tuple(padding)
+    if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+        return ((padding[0], padding[0]), (padding[1], padding[1]))
+    if len(padding) == 2 and all(len(tuple(p)) == 2 for p in padding):
+        return tuple(tuple(int(v) for v in p) for p in padding)  # type: ignore[return-value]
+    raise ValueError(f"padding must be an int, (ph, pw) or ((top, bottom), (left, right)), got {padding!r}")
+
+
+def _lax_conv(x: Array, kernel: Array, strides: tuple[int, int], padding: Padding, precision: Any) -> Array:
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS,
+                                    precision=precision)
+
+
+def conv2d(x: Array, kernel: Array, strides: int | Sequence[int] = 1, padding: Any = 0, *,
+           precision: Any = None, impl: str | None = None) -> Array:
+    """NHWC x HWIO -> NHWC convolution, explicit zero padding, no bias.
+
+    Args:
+      x: (N, H, W, C) input.
+      kernel: (kh, kw, C, O) kernel.
+      strides: int or (sh, sw).
+      padding: int, (ph, pw) or ((top, bottom), (left, right)).
+      precision: passed to lax (forward, input gradient) and to the weight-gradient matmuls.
+      impl: ``auto``/``xla``/``im2col`` for this call (None: the module setting, see above).
+    """
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(f"conv2d expects NHWC input and HWIO kernel, got shapes {x.shape} and {kernel.shape}")
+    if x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
+    strides = _pair(strides, "strides")
+    padding = _padding(padding)
+    dtype = jnp.result_type(x, kernel)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    impl = resolved_impl() if impl is None else _check_impl(impl)
+    if impl == "auto":
+        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+    if impl == "xla":
+        return _lax_conv(x, kernel, strides, padding, precision)
+    return _conv_im2col(strides, padding, precision, x, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _conv_im2col(strides: tuple[int, int], padding: Padding, precision: Any, x: Array, kernel: Array) -> Array:
+    return _forward(x, kernel, strides, padding, precision)
+
+
+def _out_hw(x_shape: Sequence[int], kernel_size: Sequence[int], strides: tuple[int, int],
+            padding: Padding) -> tuple[int, int]:
+    return tuple((x_shape[1 + a] + sum(padding[a]) - kernel_size[a]) // strides[a] + 1  # type: ignore[return-value]
+                 for a in range(2))
+
+
+def _cols_conv(x: Array, kernel: Array, strides: tuple[int, int], padding: Padding, precision: Any) -> Array:
+    """The convolution as one im2col matmul: (N Ho Wo, kh kw C) x (kh kw C, O)."""
+    kh, kw, c, o = kernel.shape
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))) if any(map(any, padding)) else x
+    slices = _tap_slices(xp, (kh, kw), strides, _out_hw(x.shape, (kh, kw), strides, padding))
+    cols = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+    return lax.dot_general(cols, kernel.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _forward(x: Array, kernel: Array, strides: tuple[int, int], padding: Padding, precision: Any) -> Array:
+    # XLA:CPU's convolution is very slow on tiny feature maps (100x at 2x2, e.g. ResNet-18's last
+    # stage on 16x16 images): there the im2col matmul runs the forward.
+    ho, wo = _out_hw(x.shape, kernel.shape[:2], strides, padding)
+    if ho * wo < _COLS_FORWARD_MAX_PIXELS:
+        return _cols_conv(x, kernel, strides, padding, precision)
+    return _lax_conv(x, kernel, strides, padding, precision)
+
+
+def _conv_im2col_fwd(strides, padding, precision, x, kernel):
+    return _forward(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _conv_im2col_bwd(strides, padding, precision, res, g):
+    x, kernel = res
+    # The input gradient is the transposed convolution (XLA's is fast, except on tiny maps where
+    # the transpose of the im2col matmul is: g K^T, then the slices' transpose adds the taps).
+    ho, wo = g.shape[1:3]
+    forward = _cols_conv if ho * wo <= _COLS_INPUT_GRAD_MAX_PIXELS else _lax_conv
+    (dx,) = jax.linear_transpose(lambda v: forward(v, kernel, strides, padding, precision),
+                                 jax.ShapeDtypeStruct(x.shape, x.dtype))(g)
+    dk = weight_gradient(x, g, kernel.shape[:2], strides, padding, precision=precision)
+    return dx, dk.astype(kernel.dtype)
+
+
+_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+
+
+def _tap_slices(xp: Array, kernel_size: tuple[int, int], strides: tuple[int, int],
+                out_hw: tuple[int, int]) -> list[Array]:
+    """The kh*kw strided shifted slices of the padded input, each (n, Ho, Wo, C)."""
+    n, _, _, c = xp.shape
+    (kh, kw), (sh, sw), (ho, wo) = kernel_size, strides, out_hw
+    return [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+
+
+_NHW = (((0, 1, 2), (0, 1, 2)), ((), ()))  # contract N, H, W of both operands
+
+
+def _block_weight_gradient(xp: Array, g: Array, kernel_size: tuple[int, int], strides: tuple[int, int],
+                           use_cols: bool, precision: Any) -> Array:
+    """sum over one block of images: (kh*kw, O, C) in float32."""
+    slices = _tap_slices(xp, kernel_size, strides, g.shape[1:3])
+    kh, kw = kernel_size
+    c, o = xp.shape[-1], g.shape[-1]
+    if use_cols and len(slices) > 1:
+        cols = jnp.concatenate(slices, axis=-1)
+        out = lax.dot_general(g, cols, _NHW, precision=precision, preferred_element_type=jnp.float32)
+        return out.reshape(o, kh * kw, c).transpose(1, 0, 2)
+    return jnp.stack([lax.dot_general(g, s, _NHW, precision=precision, preferred_element_type=jnp.float32)
+                      for s in slices])
+
+
+def weight_gradient(x: Array, g: Array, kernel_size: Sequence[int], strides: int | Sequence[int] = 1,
+                    padding: Any = 0, *, precision: Any = None, block_images: int | None = None) -> Array:
+    """dL/dkernel of ``conv2d(x, kernel, strides, padding)`` given g = dL/dy, as im2col matmuls.
+
+    Returns a float32 (kh, kw, C, O) array. ``block_images``: images per scan step (None: chosen
+    from the shapes so that one step's slices fit in cache; >= N: no scan).
+    """
+    kh, kw = _pair(tuple(kernel_size), "kernel_size")
+    strides = _pair(strides, "strides")
+    padding = _padding(padding)
+    n, c = x.shape[0], x.shape[-1]
+    ho, wo, o = g.shape[1], g.shape[2], g.shape[3]
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))) if any(map(any, padding)) else x
+    use_cols = c < _COLS_MAX_CHANNELS
+    if block_images is None:
+        width = (kh * kw * c if use_cols else c) * jnp.dtype(x.dtype).itemsize
+        rows = min(max(_BLOCK_BYTES // width, _MIN_ROWS), _MAX_ROWS)
+        block_images = max(1, round(rows / (ho * wo)))
+    block = functools.partial(_block_weight_gradient, kernel_size=(kh, kw), strides=strides,
+                              use_cols=use_cols, precision=precision)
+    if block_images >= n:
+        out = block(xp, g)
+    else:
+        b = _block_size(n, block_images)
+        pad = -n % b
+        if pad:  # zero images (and zero gradients) contribute nothing
+            xp = jnp.pad(xp, ((0, pad), (0, 0), (0, 0), (0, 0)))
+            g = jnp.pad(g, ((0, pad), (0, 0), (0, 0), (0, 0)))
+        xs = xp.reshape(-1, b, *xp.shape[1:])
+        gs = g.reshape(-1, b, *g.shape[1:])
+
+        def body(acc, xg):
+            return acc + block(*xg), None
+
+        out, _ = lax.scan(body, jnp.zeros((kh * kw, o, c), jnp.float32), (xs, gs))
+    return out.reshape(kh, kw, o, c).transpose(0, 1, 3, 2)
+
+
+def _block_size(n: int, target: int) -> int:
+    """A divisor of n near target if there is one not much smaller, else target (n is padded)."""
+    best = max(d for d in range(1, target + 1) if n % d == 0)
+    return best if 2 * best >= target else target
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> Array:
+    """Drop-in for ``lax.conv_general_dilated``: the 2-D NHWC x HWIO case without dilation,
+    groups or a preferred element type goes to ``conv2d`` (string paddings are made explicit),
+    everything else to lax unchanged. Pass it as ``flax.linen.Conv(conv_general_dilated=...)``."""
+    lax_call = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding,
+                                 lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                                 dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                                 batch_group_count=batch_group_count, precision=precision,
+                                 preferred_element_type=preferred_element_type)
+    if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
+        return lax_call()
+    if preferred_element_type is not None or lhs.dtype != rhs.dtype:
+        return lax_call()
+    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+        return lax_call()
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSION_NUMBERS)
+    if dimension_numbers is None or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+        return lax_call()
+    strides = tuple(window_strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    return conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding), precision=precision)
+
+
+__all__ = ["IMPLS", "ENV_VAR", "conv2d", "conv_general_dilated", "weight_gradient", "set_impl", "use_impl",
+           "impl_setting", "resolved_impl"]
