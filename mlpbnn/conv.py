@@ -122,9 +122,11 @@ def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
     return value  # type: ignore[return-value]
 
 
-def _padding(padding: Any) -> Padding:
+def explicit_padding(padding: Any, what: str = "padding") -> Padding:
+    """int p -> ((p, p), (p, p)); (ph, pw) -> ((ph, ph), (pw, pw)); ((t, b), (l, r)) as is."""
     if isinstance(padding, str):
-        raise ValueError(f"padding must be explicit, got {padding!r}")
+        raise ValueError(f"{what} must be explicit (int or ((top, bottom), (left, right))), "
+                         f"got {padding!r}: 'SAME' differs from PyTorch for strided convolutions")
     if isinstance(padding, int):
         return ((padding, padding), (padding, padding))
     padding = tuple(padding)
@@ -132,7 +134,7 @@ def _padding(padding: Any) -> Padding:
         return ((padding[0], padding[0]), (padding[1], padding[1]))
     if len(padding) == 2 and all(len(tuple(p)) == 2 for p in padding):
         return tuple(tuple(int(v) for v in p) for p in padding)  # type: ignore[return-value]
-    raise ValueError(f"padding must be an int, (ph, pw) or ((top, bottom), (left, right)), got {padding!r}")
+    raise ValueError(f"{what} must be an int, (ph, pw) or ((top, bottom), (left, right)), got {padding!r}")
 
 
 def _lax_conv(x: Array, kernel: Array, strides: tuple[int, int], padding: Padding, precision: Any) -> Array:
@@ -157,7 +159,7 @@ def conv2d(x: Array, kernel: Array, strides: int | Sequence[int] = 1, padding: A
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
     strides = _pair(strides, "strides")
-    padding = _padding(padding)
+    padding = explicit_padding(padding)
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     impl = resolved_impl() if impl is None else _check_impl(impl)
@@ -251,7 +253,7 @@ def weight_gradient(x: Array, g: Array, kernel_size: Sequence[int], strides: int
     """
     kh, kw = _pair(tuple(kernel_size), "kernel_size")
     strides = _pair(strides, "strides")
-    padding = _padding(padding)
+    padding = explicit_padding(padding)
     n, c = x.shape[0], x.shape[-1]
     ho, wo, o = g.shape[1], g.shape[2], g.shape[3]
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))) if any(map(any, padding)) else x

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlpbnn.conv import conv2d
+from mlpbnn.conv import conv2d, explicit_padding
 from mlpbnn.estimators import Estimator, Theta
 
 Array = jax.Array
@@ -131,21 +131,6 @@ def _pairs(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
     return value
 
 
-def _explicit_padding(padding: Any, what: str = "padding") -> tuple[tuple[int, int], tuple[int, int]]:
-    """int p -> ((p, p), (p, p)); (ph, pw) -> ((ph, ph), (pw, pw)); ((t, b), (l, r)) as is."""
-    if isinstance(padding, str):
-        raise ValueError(f"{what} must be explicit (int or ((top, bottom), (left, right))), "
-                         f"got {padding!r}: 'SAME' differs from PyTorch for strided convolutions")
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    padding = tuple(padding)
-    if len(padding) == 2 and all(isinstance(p, int) for p in padding):
-        return ((padding[0], padding[0]), (padding[1], padding[1]))
-    if len(padding) == 2 and all(len(tuple(p)) == 2 for p in padding):
-        return tuple(tuple(int(v) for v in p) for p in padding)  # type: ignore[return-value]
-    raise ValueError(f"{what} must be an int, (ph, pw) or ((top, bottom), (left, right)), got {padding!r}")
-
-
 def pad_nhwc(x: Array, padding: tuple[tuple[int, int], tuple[int, int]], value: float) -> Array:
     """Pads H and W of an NHWC tensor with a constant."""
     if not any(any(p) for p in padding):
@@ -197,7 +182,7 @@ class BinaryConv(nn.Module):
             raise ValueError(f"{self.name}: pad_value must be 0, 1 or -1, got {self.pad_value!r}")
         kh, kw = _pairs(self.kernel_size, 2, "kernel_size")
         strides = _pairs(self.strides, 2, "strides")
-        padding = _explicit_padding(self.padding)
+        padding = explicit_padding(self.padding)
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
                             self.param_dtype)
         theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
