@@ -16,7 +16,9 @@ def get_config():
     c.model.name = "bireal_resnet18"
     c.model.small_inputs = True
     c.model.width = 32
-    c.model.stage_sizes = (1, 1, 1, 1)
+    # Three stages: at 28x28 a fourth stride-2 stage meets a 7x7 map, where the stride-2 conv gives
+    # 4x4 and the 2x2 average-pool shortcut 3x3 (as in PyTorch: AvgPool2d floors).
+    c.model.stage_sizes = (1, 1, 1)
     c.estimator.weights = "mlp(init='positive')"
     c.estimator.activations = "approx_sign"
     c.data.name = "fashion_mnist"

@@ -232,15 +232,16 @@ _NHW = (((0, 1, 2), (0, 1, 2)), ((), ()))  # contract N, H, W of both operands
 
 def _block_weight_gradient(xp: Array, g: Array, kernel_size: tuple[int, int], strides: tuple[int, int],
                            use_cols: bool, precision: Any) -> Array:
-    """sum over one block of images: (kh*kw, O, C) in float32."""
+    """sum over one block of images: (kh*kw, O, C) in float32 (float64 for float64 inputs)."""
+    acc = jnp.promote_types(g.dtype, jnp.float32)
     slices = _tap_slices(xp, kernel_size, strides, g.shape[1:3])
     kh, kw = kernel_size
     c, o = xp.shape[-1], g.shape[-1]
     if use_cols and len(slices) > 1:
         cols = jnp.concatenate(slices, axis=-1)
-        out = lax.dot_general(g, cols, _NHW, precision=precision, preferred_element_type=jnp.float32)
+        out = lax.dot_general(g, cols, _NHW, precision=precision, preferred_element_type=acc)
         return out.reshape(o, kh * kw, c).transpose(1, 0, 2)
-    return jnp.stack([lax.dot_general(g, s, _NHW, precision=precision, preferred_element_type=jnp.float32)
+    return jnp.stack([lax.dot_general(g, s, _NHW, precision=precision, preferred_element_type=acc)
                       for s in slices])
 
 
@@ -248,8 +249,8 @@ def weight_gradient(x: Array, g: Array, kernel_size: Sequence[int], strides: int
                     padding: Any = 0, *, precision: Any = None, block_images: int | None = None) -> Array:
     """dL/dkernel of ``conv2d(x, kernel, strides, padding)`` given g = dL/dy, as im2col matmuls.
 
-    Returns a float32 (kh, kw, C, O) array. ``block_images``: images per scan step (None: chosen
-    from the shapes so that one step's slices fit in cache; >= N: no scan).
+    Returns a float32 (kh, kw, C, O) array (float64 for float64 inputs). ``block_images``: images
+    per scan step (None: chosen from the shapes so that one step's slices fit in cache; >= N: no scan).
     """
     kh, kw = _pair(tuple(kernel_size), "kernel_size")
     strides = _pair(strides, "strides")
@@ -278,7 +279,7 @@ def weight_gradient(x: Array, g: Array, kernel_size: Sequence[int], strides: int
         def body(acc, xg):
             return acc + block(*xg), None
 
-        out, _ = lax.scan(body, jnp.zeros((kh * kw, o, c), jnp.float32), (xs, gs))
+        out, _ = lax.scan(body, jnp.zeros((kh * kw, o, c), jnp.promote_types(g.dtype, jnp.float32)), (xs, gs))
     return out.reshape(kh, kw, o, c).transpose(0, 1, 3, 2)
 
 

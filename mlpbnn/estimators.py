@@ -68,7 +68,7 @@ def _sign_surrogate_fwd(derivative, zero, x, hp):
 
 def _sign_surrogate_bwd(derivative, zero, res, g):
     x, hp = res
-    d = derivative(x.astype(_F32), **hp)  # formulas in float32 whatever the compute dtype
+    d = derivative(x.astype(jnp.promote_types(x.dtype, _F32)), **hp)  # float32 even under bf16; f64 stays
     return g * d.astype(g.dtype), jax.tree.map(jnp.zeros_like, hp)
 
 

@@ -41,6 +41,11 @@ BINARY_INITS = {
 }
 
 
+def _at_least_f32(dtype: Any) -> Any:
+    """float32 for bf16/f32 compute, float64 for f64 (parity tests in float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> nn.BatchNorm:
     # Two-pass variance as PyTorch: the fast E[x^2] - E[x]^2 cancels badly when |mean| >> std.
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
@@ -188,13 +193,13 @@ class BinaryBlock(nn.Module):
                            weight_norm=self.weight_norm, weight_scale=self.weight_scale,
                            scale_in_backward=self.scale_in_backward, dtype=self.dtype,
                            kernel_init=BINARY_INITS[self.binary_init], name="binary_conv")(out, progress)
-        out = _norm(train, jnp.float32, "bn1")(out)
+        out = _norm(train, _at_least_f32(self.dtype), "bn1")(out)
         residual = x
         if self.downsample:
             if self.strides > 1:
                 residual = L.AvgPool(2, self.strides, name="downsample_0")(residual)
             residual = _conv(self.planes, 1, 1, 0, "downsample_1", self.dtype, torch_default_init)(residual)
-            residual = _norm(train, jnp.float32, "downsample_2")(residual)
+            residual = _norm(train, _at_least_f32(self.dtype), "downsample_2")(residual)
         out = out + residual
         if self.variant == "reactnet":
             out = L.LearnableBias(name="move1")(out)
@@ -247,7 +252,7 @@ class BinaryResNet(nn.Module):
             x = _conv(self.width, 3, 1, 1, "conv1", self.dtype, torch_default_init)(x)
         else:
             x = _conv(self.width, 7, 2, 3, "conv1", self.dtype, torch_default_init)(x)
-        x = _norm(train, jnp.float32, "bn1")(x)
+        x = _norm(train, _at_least_f32(self.dtype), "bn1")(x)
         if self.variant == "bireal":
             x = L.PReLU(name="nonlinear")(x)
         if not self.small_inputs:

@@ -153,9 +153,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics and eval
 
-    def _flush(self, pending: list[dict], step: int, stage: Stage, schedules: dict, seconds: float,
+    def _flush(self, pending: list[dict], step: int, stage: Stage, schedules: dict, t0: float,
                writer: MetricWriter, bar: tqdm) -> dict[str, float]:
-        values = jax.device_get(pending)
+        values = jax.device_get(pending)  # waits for the steps: the rate below is of computed steps
+        seconds = time.perf_counter() - t0
         nonfinite = sum(v["nonfinite"] for v in values)
         if nonfinite or not all(math.isfinite(v["loss"]) for v in values):
             first = step - len(values) + 1 + next(i for i, v in enumerate(values)
@@ -264,8 +265,7 @@ class Trainer:
                     step += 1
                     bar.update(1)
                     if step % config.log_every_steps == 0 or step == stage.end:
-                        final_train = self._flush(pending, step, stage, schedules, time.perf_counter() - t0,
-                                                  writer, bar)
+                        final_train = self._flush(pending, step, stage, schedules, t0, writer, bar)
                         pending = []
                         t0 = time.perf_counter()
                     meta_now = {"step": step, "position": position, "stage": stage.index}
