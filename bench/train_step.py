@@ -23,11 +23,19 @@ compiled code that persist are excluded; allocator caching can only make it smal
 
 MLP estimator share of mlpbnn's step: (t_mlp - t_ste) / t_mlp at the first size (batch
 ``--batch``) and, with ``--big``, at 224x224 batch 32 (ImageNet stem, 1 warm-up + ``--big-rounds``).
-The estimator alone: the MLP backward over the network's binary weights, layer by layer as the
-model calls it, with the written-out formulation (``estimators.gated_mlp_vjp``) against plain
-autodiff (``jax.vjp`` of the MLP), at several chunk sizes.
+The estimator alone (timed first): the MLP backward over the network's binary weights, layer by
+layer as the model calls it, in each form of ``estimators.gated_mlp_vjp`` (written out with
+matmuls, written out with fused reductions, autodiff of the MLP) at several chunk sizes.
 
-Prints the tables and writes bench/results/train_step.json.
+On a GPU (JAX's default backend ``gpu``) the same networks run there and PyTorch runs on CUDA:
+both at their default float32 math (XLA and cuDNN use TF32 for float32 convolutions and matmuls;
+``torch.backends.cuda.matmul.allow_tf32`` is set to match), PyTorch with ``cudnn.benchmark``.
+Memory on a GPU: mlpbnn's is XLA's temporary buffer size for the compiled step
+(``memory_analysis().temp_size_in_bytes``); PyTorch's is ``max_memory_allocated`` during one step
+minus ``memory_allocated`` before it. The XLA-conv comparison is CPU-only (``auto`` is XLA there).
+
+Prints the tables and writes bench/results/train_step.json (train_step_gpu.json on a GPU;
+``--only-estimator``: train_step_estimator[_gpu].json).
 """
 
 from __future__ import annotations
@@ -83,8 +91,27 @@ def _trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _torch_device() -> torch.device:
+    if jax.default_backend() == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"JAX runs on {jax.default_backend()} but PyTorch sees no CUDA device: nothing to compare")
+    return torch.device("cuda")
+
+
 def step_peak_mib(fn) -> dict[str, float]:
-    """Resident-set increase during one call of fn (see the module docstring)."""
+    """Memory of one call of fn (see the module docstring)."""
+    if jax.default_backend() != "cpu":
+        if hasattr(fn, "compiled"):  # mlpbnn: XLA's scratch for the step
+            return {"step_peak_mib": fn.compiled.memory_analysis().temp_size_in_bytes / 2**20}
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return {"allocated_before_mib": before / 2**20, "peak_mib": peak / 2**20,
+                "step_peak_mib": (peak - before) / 2**20}
     _trim()
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -129,17 +156,19 @@ def mlpbnn_step(model_name: str, weights: str | None, size: int, batch: int, imp
         holder[0], loss = compiled(holder[0], x, y)
         return loss
 
+    run.compiled = compiled
     return run
 
 
 def torch_step(builder, size: int, batch: int):
     torch.manual_seed(0)
-    model = builder(NUM_CLASSES, small_inputs=True).to(memory_format=torch.channels_last)
+    device = _torch_device()
+    model = builder(NUM_CLASSES, small_inputs=True).to(device, memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+    x = torch.randn(batch, 3, size, size, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -164,29 +193,31 @@ def estimator_section(rounds: int) -> dict:
     ws = [jnp.asarray(rng.uniform(-0.05, 0.05, s).astype(np.float32)) for s in shapes]
     gs = [jnp.asarray(rng.normal(0, 1e-3, s).astype(np.float32)) for s in shapes]
     theta = E.get("mlp").init(jax.random.key(1))
-    plain = functools.partial(E._gated_mlp_vjp, activation="tanh")
-    direct = functools.partial(E.gated_mlp_vjp, activation="tanh")
 
-    def make(vjp_fn, chunk):
+    def make(form, chunk):
+        vjp_fn = functools.partial(E.gated_mlp_vjp, activation="tanh", form=form)
+
         @jax.jit
         def f(theta, ws, gs):
             outs = [E.chunked_vjp(vjp_fn, theta, w, g, chunk) for w, g in zip(ws, gs, strict=True)]
             return jax.tree.map(lambda *a: sum(a), *[o[0] for o in outs]), [o[1] for o in outs]
         return lambda: f(theta, ws, gs)
 
-    default_chunk = E.get("mlp").kwargs["chunk"]
-    candidates = {"plain_autodiff/65536": make(plain, 65536),
-                  f"plain_autodiff/{default_chunk}": make(plain, default_chunk)}
-    for chunk in sorted({4096, default_chunk, 16384, 65536}):
-        candidates[f"written_out/{chunk}"] = make(direct, chunk)
+    default = f"{E.default_backward()}/{E.default_chunk()}"
+    if jax.default_backend() == "cpu":
+        grid = {"autodiff": {8192, 65536}, "matmul": {4096, 8192, 16384, 65536}, "reduce": {8192, 65536}}
+    else:
+        grid = {"autodiff": {65536, 1 << 22}, "matmul": {65536, 1 << 22}, "reduce": {65536, 1 << 20, 1 << 22}}
+    candidates = {f"{form}/{chunk}": make(form, chunk) for form, chunks in grid.items() for chunk in sorted(chunks)}
     times = interleaved_medians(candidates, rounds)
     n = sum(int(np.prod(s)) for s in shapes)
+    base = "autodiff/65536"
     print(f"\nMLP estimator backward alone on bireal_resnet18's {len(shapes)} binary weight tensors "
-          f"({n / 1e6:.1f}M weights), median of {rounds} interleaved rounds:")
-    print(f"  {'formulation/chunk':<26} {'ms':>8} {'x plain/65536':>14}")
+          f"({n / 1e6:.1f}M weights), median of {rounds} interleaved rounds (default: {default}):")
+    print(f"  {'form/chunk':<26} {'ms':>8} {'x ' + base:>20}")
     for k, t in times.items():
-        print(f"  {k:<26} {t * 1e3:8.1f} {times['plain_autodiff/65536'] / t:14.2f}")
-    return {"weights": n, "ms": {k: t * 1e3 for k, t in times.items()}, "default_chunk": default_chunk}
+        print(f"  {k:<26} {t * 1e3:8.1f} {times[base] / t:20.2f}{'  <- default' if k == default else ''}")
+    return {"weights": n, "ms": {k: t * 1e3 for k, t in times.items()}, "default": default}
 
 
 # ------------------------------------------------------------------------------ main
@@ -201,14 +232,31 @@ def main() -> None:
     parser.add_argument("--big-rounds", type=int, default=1)
     parser.add_argument("--no-xla", action="store_true", help="skip mlpbnn with XLA's convolution gradient")
     parser.add_argument("--no-estimator", action="store_true", help="skip the estimator-alone section")
+    parser.add_argument("--only-estimator", action="store_true",
+                        help="only the estimator-alone section (written to train_step_estimator*.json)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
-    print(f"jax {jax.__version__} ({jax.default_backend()}, conv impl {conv.resolved_impl()}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {cores} cores, batch {args.batch}")
+    backend = jax.default_backend()
+    if backend != "cpu":
+        args.no_xla = True  # conv "auto" is XLA's own convolution there already
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # XLA's default float32 dot precision on GPUs
+        torch.backends.cudnn.allow_tf32 = True
+    print(f"jax {jax.__version__} ({backend}: {jax.devices()[0].device_kind}, conv impl {conv.resolved_impl()}), "
+          f"torch {torch.__version__} ({_torch_device()}, {torch.get_num_threads()} threads), {cores} cores, "
+          f"batch {args.batch}")
 
     load_start = os.getloadavg()
+    est = None if args.no_estimator else estimator_section(max(args.rounds, 3))
+    suffix = "" if backend == "cpu" else f"_{backend}"
+    if args.only_estimator:
+        path = write_json(f"train_step_estimator{suffix}", {
+            "command": " ".join(["python"] + sys.argv), "estimator_alone": est,
+            "loadavg_1_5_15min": {"start": load_start, "end": os.getloadavg()}})
+        print(f"wrote {path}")
+        return
     fns, build_s = {}, {}
     for size in sizes:
         for label, (model_name, weights, builder) in NETWORKS.items():
@@ -227,7 +275,8 @@ def main() -> None:
 
     rows = []
     print(f"\ntrain step, batch {args.batch}, median of {args.rounds} interleaved rounds "
-          f"(img/s; memory = peak resident-set increase during one step, MiB)")
+          f"(img/s; memory = " + ("peak resident-set increase during one step" if backend == "cpu" else
+                                  "step scratch on the GPU, see the docstring") + ", MiB)")
     head = (f"{'network':<14} {'size':>5} {'mlpbnn img/s':>13} {'PyTorch img/s':>14} {'ratio':>7} "
             f"{'mlpbnn MiB':>11} {'PyTorch MiB':>12} {'xla-conv img/s':>15}")
     print(head)
@@ -274,12 +323,14 @@ def main() -> None:
         del big
         gc.collect()
 
-    est = None if args.no_estimator else estimator_section(max(args.rounds, 3))
-    path = write_json("train_step", {
+    path = write_json(f"train_step{suffix}", {
         "command": " ".join(["python"] + sys.argv), "batch": args.batch, "sizes": sizes, "rounds": args.rounds,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "conv_impl": conv.resolved_impl(),
-        "memory_method": "per step: malloc_trim, VmRSS before, reset VmHWM via /proc/self/clear_refs=5, "
-                         "VmHWM after one step; step_peak_mib = VmHWM - VmRSS before",
+        "device_kind": jax.devices()[0].device_kind, "torch_device": str(_torch_device()),
+        "memory_method": ("per step: malloc_trim, VmRSS before, reset VmHWM via /proc/self/clear_refs=5, "
+                          "VmHWM after one step; step_peak_mib = VmHWM - VmRSS before") if backend == "cpu" else
+                         ("mlpbnn: XLA temp_size_in_bytes of the compiled step; PyTorch: "
+                          "max_memory_allocated during one step - memory_allocated before"),
         "rows": rows, "mlp_share": shares, "estimator_alone": est,
         "compile_s": build_s, "process_max_rss_mib_after_timing": max_rss_mib,
         "loadavg_1_5_15min": {"start": load_start, "end": os.getloadavg()},

@@ -39,6 +39,13 @@ Array = jax.Array
 Theta = dict[str, Array]
 
 _F32 = jnp.float32
+# The estimator's float32 matmuls at full precision: GPUs otherwise run float32 dots in TF32
+# (10-bit mantissa), which puts ~1e-3 relative error into theta's gradient sums.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _mm(a: Array, b: Array) -> Array:
+    return jnp.matmul(a, b, precision=_HIGHEST)
 
 
 def sign(x: Array, zero: float = 1.0) -> Array:
@@ -259,7 +266,7 @@ def mlp_apply(theta: Theta, x: Array, activation: str) -> Array:
     h = x[..., None]
     depth = sum(1 for k in theta if k.startswith("w"))
     for i in range(depth):
-        h = h @ theta[f"w{i}"]
+        h = _mm(h, theta[f"w{i}"])
         if f"b{i}" in theta:
             h = h + theta[f"b{i}"]
         if i < depth - 1:
@@ -297,30 +304,34 @@ def _is_two_layer(theta: Theta) -> bool:
         and theta["w0"].shape[0] == 1
 
 
-def _gated_mlp_vjp_direct(theta: Theta, x: Array, g: Array, activation: str) -> tuple[Theta, Array]:
+def _gated_mlp_vjp_direct(theta: Theta, x: Array, g: Array, activation: str,
+                          matmul: bool = True) -> tuple[Theta, Array]:
     """The same cotangents as ``_gated_mlp_vjp``, written out for f = W1^T act(W0^T x + b0) + b1.
 
     With the hidden layer laid out (hidden, n) (n contiguous), h = act(pre), d = act'(pre),
     G_k = g 1[|f_k| < 1] and V = W0^T * W1 (hidden, K):
       dx       = sum_k G_k sum_j V[j,k] d_j          (per-element reductions over j)
-      dW1      = h G^T                               (matmuls over the elements)
+      dW1      = h G^T                               (reductions over the elements)
       dW0[j]   = sum_k W1[j,k] (d (x G)^T)[j,k],  db0[j] = sum_k W1[j,k] (d G^T)[j,k],  db1 = sum G
-    so only h and d exist at (hidden, n); the (n, hidden) cotangents of autodiff do not. For the
-    identity activation everything is O(n K): f_k = c_k x + e_k with c = W0 W1, e = b0 W1 + b1.
+    so only h and d exist at (hidden, n); the (n, hidden) cotangents of autodiff do not.
+    matmul=True computes the reductions over the elements as matmuls (fastest on CPU), False as
+    broadcast products summed over n, which XLA fuses with act into reduction kernels that
+    recompute h and d instead of storing them (GPU/TPU). For the identity activation everything
+    is O(n K): f_k = c_k x + e_k with c = W0 W1, e = b0 W1 + b1.
     """
     w0, w1 = theta["w0"][0], theta["w1"]                          # (H,), (H, K)
     b0, b1 = theta.get("b0"), theta.get("b1")
     v = w0[:, None] * w1                                          # (H, K)
     if activation == "identity":
-        e = jnp.zeros(w1.shape[1], x.dtype) if b0 is None else b0 @ w1
+        e = jnp.zeros(w1.shape[1], x.dtype) if b0 is None else _mm(b0, w1)
         e = e if b1 is None else e + b1
         f = jnp.sum(v, 0)[:, None] * x[None, :] + e[:, None]      # (K, n)
         G = g[None, :] * (jnp.abs(f) < 1.0).astype(f.dtype)
-        sg, sxg = jnp.sum(G, 1), G @ x                            # (K,), (K,)
-        dx = jnp.sum(v, 0) @ G
-        out = {"w0": (w1 @ sxg)[None], "w1": w0[:, None] * sxg[None] + (0.0 if b0 is None else b0[:, None] * sg)}
+        sg, sxg = jnp.sum(G, 1), _mm(G, x)                        # (K,), (K,)
+        dx = _mm(jnp.sum(v, 0), G)
+        out = {"w0": _mm(w1, sxg)[None], "w1": w0[:, None] * sxg[None] + (0.0 if b0 is None else b0[:, None] * sg)}
         if b0 is not None:
-            out["b0"] = w1 @ sg
+            out["b0"] = _mm(w1, sg)
         if b1 is not None:
             out["b1"] = sg
         return out, dx
@@ -342,8 +353,12 @@ def _gated_mlp_vjp_direct(theta: Theta, x: Array, g: Array, activation: str) -> 
     dx = jnp.sum(G * jnp.sum(v[:, :, None] * d[:, None, :], 0), 0)
     k = w1.shape[1]
     xg = x[None, :] * G
-    m = d @ (xg if b0 is None else jnp.concatenate([xg, G], 0)).T  # (H, K), or (H, 2K) with b0
-    out = {"w0": jnp.sum(w1 * m[:, :k], 1)[None], "w1": h @ G.T}
+    z = xg if b0 is None else jnp.concatenate([xg, G], 0)           # (K, n), or (2K, n) with b0
+    if matmul:
+        m, dw1 = _mm(d, z.T), _mm(h, G.T)                          # (H, K or 2K), (H, K)
+    else:
+        m, dw1 = jnp.sum(d[:, None, :] * z[None], -1), jnp.sum(h[:, None, :] * G[None], -1)
+    out = {"w0": jnp.sum(w1 * m[:, :k], 1)[None], "w1": dw1}
     if b0 is not None:
         out["b0"] = jnp.sum(w1 * m[:, k:], 1)
     if b1 is not None:
@@ -351,12 +366,38 @@ def _gated_mlp_vjp_direct(theta: Theta, x: Array, g: Array, activation: str) -> 
     return out, dx
 
 
-def gated_mlp_vjp(theta: Theta, x: Array, g: Array, activation: str) -> tuple[Theta, Array]:
+BACKWARD_FORMS = ("matmul", "reduce", "autodiff")
+
+
+def default_backward(backend: str | None = None) -> str:
+    """The MLP backward's form for ``backward='auto'``: ``matmul`` on CPU, ``reduce`` on GPU/TPU."""
+    return "matmul" if (backend or jax.default_backend()) == "cpu" else "reduce"
+
+
+def gated_mlp_vjp(theta: Theta, x: Array, g: Array, activation: str,
+                  form: str = "matmul") -> tuple[Theta, Array]:
     """Cotangents (to theta and x) of s(x; theta) = sum_k clip(f_k(x), -1, 1) times g, for flat
-    float32 x and g: the written-out form for the two-layer MLP, autodiff otherwise."""
-    if _is_two_layer(theta) and activation in _ACTIVATIONS:
-        return _gated_mlp_vjp_direct(theta, x, g, activation)
+    float32 x and g. form: ``matmul`` or ``reduce`` (``_gated_mlp_vjp_direct``, the two-layer MLP;
+    deeper MLPs fall back to autodiff) or ``autodiff`` (``_gated_mlp_vjp``)."""
+    if form not in BACKWARD_FORMS:
+        raise ValueError(f"backward form must be one of {BACKWARD_FORMS}, got {form!r}")
+    if form != "autodiff" and _is_two_layer(theta) and activation in _ACTIVATIONS:
+        return _gated_mlp_vjp_direct(theta, x, g, activation, matmul=form == "matmul")
     return _gated_mlp_vjp(theta, x, g, activation)
+
+
+# Elements per step of the MLP backward's scan when ``chunk=0`` (the default), by backend. On
+# CPU a chunk's (hidden, chunk) layers stay in cache: 8192 measured fastest (bench/train_step.py).
+# On an H200, 65536 (26 MB of hidden layer, inside its 60 MB L2) measured fastest with the
+# ``reduce`` form: 10.4 ms for bireal_resnet18's 11M weights against 11.1 ms at 2^20 and 11.3 ms
+# at 2^22 (bench/results/gpu/), and it bounds the scratch memory.
+CPU_CHUNK = 8192
+GPU_CHUNK = 65536
+
+
+def default_chunk(backend: str | None = None) -> int:
+    """The MLP backward's chunk for ``chunk=0``: CPU_CHUNK on CPU, GPU_CHUNK on GPU and TPU."""
+    return CPU_CHUNK if (backend or jax.default_backend()) == "cpu" else GPU_CHUNK
 
 
 def chunked_vjp(vjp_fn: Callable[[Theta, Array, Array], tuple[Theta, Array]], theta: Theta,
@@ -365,8 +406,9 @@ def chunked_vjp(vjp_fn: Callable[[Theta, Array, Array], tuple[Theta, Array]], th
 
     The MLP's hidden layer then exists for one chunk only (``chunk * hidden`` floats) instead of
     for the whole tensor; theta's cotangents are summed over chunks, x's are concatenated.
-    Padding elements carry g = 0 and so contribute nothing.
+    Padding elements carry g = 0 and so contribute nothing. ``chunk=0``: ``default_chunk()``.
     """
+    chunk = chunk or default_chunk()
     shape, dtype = x.shape, x.dtype
     # float32 whatever the compute dtype (bf16 included); float64 stays float64 (parity tests).
     work = jnp.promote_types(x.dtype, _F32)
@@ -387,18 +429,19 @@ def chunked_vjp(vjp_fn: Callable[[Theta, Array, Array], tuple[Theta, Array]], th
     return dtheta, dx.reshape(-1)[:n].reshape(shape).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _gated_mlp_sign(activation: str, zero: float, chunk: int, theta: Theta, x: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _gated_mlp_sign(activation: str, zero: float, chunk: int, backward: str, theta: Theta, x: Array) -> Array:
     return sign(x, zero)
 
 
-def _gated_mlp_sign_fwd(activation, zero, chunk, theta, x):
+def _gated_mlp_sign_fwd(activation, zero, chunk, backward, theta, x):
     return sign(x, zero), (theta, x)
 
 
-def _gated_mlp_sign_bwd(activation, zero, chunk, res, g):
+def _gated_mlp_sign_bwd(activation, zero, chunk, backward, res, g):
     theta, x = res
-    vjp_fn = functools.partial(gated_mlp_vjp, activation=activation)
+    form = default_backward() if backward == "auto" else backward  # resolved when traced
+    vjp_fn = functools.partial(gated_mlp_vjp, activation=activation, form=form)
     return chunked_vjp(vjp_fn, theta, x, g, chunk)
 
 
@@ -407,7 +450,7 @@ _gated_mlp_sign.defvjp(_gated_mlp_sign_fwd, _gated_mlp_sign_bwd)
 
 def mlp(theta: Theta, x: Array, progress: Array | float | None = None, *,
         hidden: int = 100, outputs: int = 2, activation: str = "tanh", bias: bool = False,
-        init: str = "torch", zero: float = 1.0, chunk: int = 8192) -> Array:
+        init: str = "torch", zero: float = 1.0, chunk: int = 0, backward: str = "auto") -> Array:
     """BBC's learnable MLP estimator (He et al. 2022, official ``MetaConv_v2``).
 
     f(x) = W1^T act(W0^T x) per element, W0 = theta['w0'] of shape (1, hidden), W1 = theta['w1']
@@ -422,10 +465,13 @@ def mlp(theta: Theta, x: Array, progress: Array | float | None = None, *,
     ``positive`` (the same, with W1 negated where that makes the slope at 0 positive).
     The backward is computed in closed form (``gated_mlp_vjp``: hidden layer laid out (hidden, n),
     theta's cotangents as matmuls over the elements), equal to autodiff of s up to float rounding.
-    chunk: elements per step of the backward scan (memory/speed only; see ``chunked_vjp``;
-    8192 measured fastest on CPU, bench/train_step.py).
+    chunk: elements per step of the backward scan (memory/speed only; see ``chunked_vjp``);
+    0 picks it by backend when traced (``default_chunk``: 8192 on CPU, 65536 on GPU/TPU).
+    backward: how the closed form is computed, ``matmul``, ``reduce`` or ``autodiff`` (see
+    ``gated_mlp_vjp``; same values up to float rounding); ``auto`` picks by backend when traced
+    (``default_backward``: matmul on CPU, reduce on GPU/TPU, each measured fastest there).
     """
-    return _gated_mlp_sign(activation, float(zero), int(chunk), theta, x)
+    return _gated_mlp_sign(activation, float(zero), int(chunk), backward, theta, x)
 
 
 def _mlp_init(key: Array, *, hidden: int, outputs: int, bias: bool, init: str,
@@ -441,7 +487,7 @@ def _mlp_init(key: Array, *, hidden: int, outputs: int, bias: bool, init: str,
 
 def linear(theta: Theta, x: Array, progress: Array | float | None = None, *,
            hidden: int = 100, outputs: int = 2, bias: bool = False, init: str = "torch",
-           zero: float = 1.0, chunk: int = 8192) -> Array:
+           zero: float = 1.0, chunk: int = 0, backward: str = "auto") -> Array:
     """The linear special case of BBC's MLP (``MetaConv_v2`` with no nonlinearity).
 
     f(x) = W1^T W0^T x, so f_k(x) = c_k x with c = W0 W1 (plus biases if ``bias``).
@@ -449,7 +495,7 @@ def linear(theta: Theta, x: Array, progress: Array | float | None = None, *,
     backward dq/dx = sum_k c_k 1[|c_k x| < 1]: a learnable-slope, learnable-clip-range STE;
              theta receives the gradient of s(x; theta) = sum_k clip(c_k x, -1, 1).
     """
-    return _gated_mlp_sign("identity", float(zero), int(chunk), theta, x)
+    return _gated_mlp_sign("identity", float(zero), int(chunk), backward, theta, x)
 
 
 def _linear_init(key: Array, *, hidden: int, outputs: int, bias: bool, init: str) -> Theta:
@@ -558,7 +604,12 @@ def _check_ints(*names: str) -> Callable[[dict], None]:
     return check
 
 
-_check_learnable = _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _positive("chunk"))
+def _check_backward(hp: dict) -> None:
+    if hp["backward"] not in ("auto",) + BACKWARD_FORMS:
+        raise ValueError(f"hparam 'backward' must be one of {('auto',) + BACKWARD_FORMS}, got {hp['backward']!r}")
+
+
+_check_learnable = _all(_check_zero, _check_mlp_hidden, _check_ints("chunk"), _check_backward)
 
 _REGISTRY: dict[str, _Spec] = {
     "ste": _Spec(ste, None, _all(_check_zero, _positive("clip"))),

@@ -343,6 +343,7 @@ def test_unknown_hparam_lists_valid_ones():
     ("swish_sign", {"beta": -1.0}, "beta"), ("mlp", {"hidden": 0}, "hidden"),
     ("mlp", {"activation": "gelu"}, "activation"), ("ste", {"zero": 0.5}, "zero"),
     ("fda", {"n": 2.5}, "'n'"), ("mlp", {"init": "xavier"}, "init"), ("classifier", {"tie": 0}, "tie"),
+    ("mlp", {"chunk": -1}, "chunk"), ("linear", {"chunk": 2.5}, "chunk"), ("mlp", {"backward": "fast"}, "backward"),
 ])
 def test_bad_hparam_values(name, hp, msg):
     with pytest.raises(ValueError, match=msg):
@@ -395,6 +396,43 @@ def test_chunked_backward_equals_single_pass(name):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, nested ones (scan bodies, custom_vjp calls) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+def test_backward_defaults_are_per_backend_and_dots_are_full_precision():
+    assert E.default_chunk("cpu") == E.CPU_CHUNK == 8192
+    assert E.default_chunk("gpu") == E.default_chunk("tpu") == E.GPU_CHUNK
+    assert (E.default_backward("cpu"), E.default_backward("gpu"), E.default_backward("tpu")) == \
+        ("matmul", "reduce", "reduce")
+    est = E.get("mlp")
+    assert est.kwargs["chunk"] == 0 and est.kwargs["backward"] == "auto"
+    theta = est.init(jax.random.key(0))
+    x = jnp.zeros((20_000,), f32)
+
+    def eqns(e):
+        closed = jax.make_jaxpr(jax.grad(lambda th, v: jnp.sum(e(th, v)), argnums=(0, 1)))(theta, x)
+        return list(_eqns(closed.jaxpr))
+
+    prims = [q.primitive.name for q in eqns(est)]
+    if jax.default_backend() == "cpu":  # 20,000 elements scanned in 3 chunks of 8192, as matmuls
+        assert [q.params["length"] for q in eqns(est) if q.primitive.name == "scan"] == [3]
+        assert "dot_general" in prims
+    else:  # one chunk (< 65536 elements), as fused reductions: no scan, no matmul
+        assert "scan" not in prims and "dot_general" not in prims
+    # Every matmul of the estimator at HIGHEST precision (no TF32 on GPUs).
+    dots = [q for q in eqns(E.get("mlp", backward="matmul")) if q.primitive.name == "dot_general"]
+    assert dots and all(q.params["precision"] is not None and set(q.params["precision"]) == {jax.lax.Precision.HIGHEST}
+                        for q in dots), [q.params["precision"] for q in dots]
+
+
 def _plain_surrogate_grads(theta, x, g, activation):
     """Unchunked autodiff of s(x; theta) = sum_k clip(f_k(x), -1, 1), with the strict gate."""
     def s(th, v):
@@ -407,11 +445,13 @@ def _plain_surrogate_grads(theta, x, g, activation):
 
 @pytest.mark.parametrize("activation,bias", [("tanh", False), ("tanh", True), ("relu", False), ("relu", True),
                                              ("identity", False), ("identity", True)])
-@pytest.mark.parametrize("chunk", [64, 1 << 20])
-def test_mlp_backward_equals_plain_autodiff(activation, bias, chunk):
-    # The written-out backward (hidden layer as (hidden, n), theta reductions as matmuls, O(n) for
-    # the identity) against plain unchunked jax.vjp of the surrogate, every parameter included.
-    est = E.get("mlp", activation=activation, bias=bias, chunk=chunk)
+@pytest.mark.parametrize("chunk,backward", [(64, "matmul"), (1 << 20, "matmul"), (64, "reduce"),
+                                            (1 << 20, "reduce"), (64, "autodiff")])
+def test_mlp_backward_equals_plain_autodiff(activation, bias, chunk, backward):
+    # The written-out backward (hidden layer as (hidden, n), theta reductions as matmuls or fused
+    # reductions, O(n) for the identity), and the chunked autodiff one, against plain unchunked
+    # jax.vjp of the surrogate, every parameter included.
+    est = E.get("mlp", activation=activation, bias=bias, chunk=chunk, backward=backward)
     theta = est.init(jax.random.key(11))
     scale = {"w0": 3.0, "w1": 4.0 if activation == "relu" else 20.0}  # outputs beyond +-1 for some x
     theta = {k: v * scale.get(k, 1.0) for k, v in theta.items()}
@@ -430,11 +470,13 @@ def test_mlp_backward_equals_plain_autodiff(activation, bias, chunk):
                                    err_msg=k)
 
 
-def test_mlp_backward_at_network_scale():
+@pytest.mark.parametrize("backward", ["auto", "reduce"])
+def test_mlp_backward_at_network_scale(backward):
     # A ResNet-18 layer1 conv's weights (147,456) at the official init: the default chunked
-    # backward against float64 numpy. (Plain float32 autodiff sums theta's cotangents over the
-    # whole tensor in one reduction and is itself ~1e-5 off here; the chunked sums are closer.)
-    est = E.get("mlp")
+    # backward (and the fused-reduction form, the GPU default) against float64 numpy. (Plain
+    # float32 autodiff sums theta's cotangents over the whole tensor in one reduction and is
+    # itself ~1e-5 off here; the chunked sums are closer.)
+    est = E.get("mlp", backward=backward)
     theta = est.init(jax.random.key(12))
     rng = np.random.default_rng(12)
     x = rng.uniform(-0.07, 0.07, 147_456).astype(f32)
