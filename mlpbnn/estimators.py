@@ -370,7 +370,8 @@ BACKWARD_FORMS = ("matmul", "reduce", "autodiff")
 
 
 def default_backward(backend: str | None = None) -> str:
-    """The MLP backward's form for ``backward='auto'``: ``matmul`` on CPU, ``reduce`` on GPU/TPU."""
+    """The MLP backward's form for ``backward='auto'``: ``matmul`` on CPU, ``reduce`` on GPU and
+    TPU (measured on CPU and an H200; the TPU choice follows the GPU's, unmeasured)."""
     return "matmul" if (backend or jax.default_backend()) == "cpu" else "reduce"
 
 
@@ -396,7 +397,8 @@ GPU_CHUNK = 65536
 
 
 def default_chunk(backend: str | None = None) -> int:
-    """The MLP backward's chunk for ``chunk=0``: CPU_CHUNK on CPU, GPU_CHUNK on GPU and TPU."""
+    """The MLP backward's chunk for ``chunk=0``: CPU_CHUNK on CPU, GPU_CHUNK on GPU and TPU (TPU
+    unmeasured)."""
     return CPU_CHUNK if (backend or jax.default_backend()) == "cpu" else GPU_CHUNK
 
 
@@ -464,12 +466,13 @@ def mlp(theta: Theta, x: Array, progress: Array | float | None = None, *,
     init: ``torch`` (nn.Linear default, W0 ~ U(-1,1), W1 ~ U(-0.1,0.1), as the official code) or
     ``positive`` (the same, with W1 negated where that makes the slope at 0 positive).
     The backward is computed in closed form (``gated_mlp_vjp``: hidden layer laid out (hidden, n),
-    theta's cotangents as matmuls over the elements), equal to autodiff of s up to float rounding.
+    theta's cotangents as reductions over the elements), equal to autodiff of s up to float rounding.
     chunk: elements per step of the backward scan (memory/speed only; see ``chunked_vjp``);
     0 picks it by backend when traced (``default_chunk``: 8192 on CPU, 65536 on GPU/TPU).
     backward: how the closed form is computed, ``matmul``, ``reduce`` or ``autodiff`` (see
     ``gated_mlp_vjp``; same values up to float rounding); ``auto`` picks by backend when traced
-    (``default_backward``: matmul on CPU, reduce on GPU/TPU, each measured fastest there).
+    (``default_backward``: matmul on CPU, reduce on GPU/TPU; measured fastest on CPU and on an
+    H200, bench/train_step.py; TPUs take the GPU choice, not measured there).
     """
     return _gated_mlp_sign(activation, float(zero), int(chunk), backward, theta, x)
 
