@@ -15,7 +15,6 @@ measurement, reusable for other datasets or beside a training step.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -42,9 +41,7 @@ def photo_like_jpeg(rng: np.random.Generator, height: int = 375, width: int = 50
     coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8)).resize((width, height),
                                                                                  Image.Resampling.BICUBIC)
     arr = np.asarray(coarse, np.int16) + rng.integers(-24, 25, (height, width, 3), np.int16)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return imagenet.encode_jpeg(np.clip(arr, 0, 255).astype(np.uint8), quality=quality)
 
 
 def make_prepared(root: Path, n_images: int, synsets: int = 8, seed: int = 0) -> tuple[str, float]:

@@ -38,13 +38,7 @@ def colour(label: int, gray_label: int) -> tuple[int, int, int]:
 
 
 def jpeg(rgb: tuple[int, int, int], size: tuple[int, int], mode: str = "RGB") -> bytes:
-    h, w = size
-    im = Image.new("RGB", (w, h), rgb)
-    if mode != "RGB":
-        im = im.convert(mode)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=95)
-    return buf.getvalue()
+    return imagenet.encode_jpeg(np.full((*size, 3), rgb, np.uint8), mode)
 
 
 @pytest.fixture(scope="module")
@@ -274,9 +268,7 @@ def _gradient_jpeg(h: int, w: int) -> bytes:
     y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
     arr = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
                           np.full((h, w, 1), 90, np.float32)], axis=2).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=95)
-    return buf.getvalue()
+    return imagenet.encode_jpeg(arr)
 
 
 def test_train_augmentation_crops_and_flips(world):

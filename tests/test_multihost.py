@@ -5,7 +5,6 @@ tars: prepare, train with a converted PyTorch teacher, exact evaluation, resume.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mlpbnn.data import imagenet
 from mlpbnn.train.checkpoint import Checkpoints
@@ -86,12 +84,7 @@ def test_two_processes_equal_one_process_digits(tmp_path):
 
 
 def _jpeg(rng: np.random.Generator, h: int, w: int, mode: str = "RGB") -> bytes:
-    im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    if mode != "RGB":
-        im = im.convert(mode)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return imagenet.encode_jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), mode, quality=90)
 
 
 @pytest.fixture(scope="module")

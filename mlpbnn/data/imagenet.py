@@ -607,6 +607,17 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def encode_jpeg(pixels: np.ndarray, mode: str = "RGB", quality: int = 95) -> bytes:
+    """JPEG bytes of an (h, w, 3) uint8 RGB image, stored in ``mode`` (``L`` or ``CMYK`` give the
+    grayscale and CMYK files that ILSVRC2012 contains)."""
+    im = Image.fromarray(np.asarray(pixels, np.uint8), "RGB")
+    if mode != "RGB":
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def write_tars(manual_dir: str | os.PathLike, train: dict[str, Sequence[tuple[str, bytes]]] | None = None,
                validation: Sequence[tuple[str, bytes]] | None = None) -> list[Path]:
     """Writes ``ILSVRC2012_img_train.tar`` (one inner ``<synset>.tar`` per synset, holding
