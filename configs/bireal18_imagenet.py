@@ -9,8 +9,12 @@ Bi-Real ResNet-18 (one binary 3x3 conv per block, real shortcuts, PReLU), the sh
 120 epochs at global batch 256; Adam 2.5e-3 with linear decay to 0 and no weight decay for the
 network, Adam 1e-3 x 0.1 at epochs 70/90/100/110 for the estimator; distillation from a frozen
 torchvision ResNet-34 with 0.9 soft CE + 0.1 hard CE; RandomResizedCrop(0.08) + flip; eval
-resize 256, centre crop 224. The official schedules step at the *start* of each epoch (epoch e
-runs at the value for e + 1, so the last epoch at lr 0): reproduced here, switch off with
+resize 256, centre crop 224. The official transform also lists ``Lighting(0.1)`` (AlexNet's PCA
+colour noise), but applies it to uint8 pixels with eigenvalues on the 0-1 scale, so it moves a
+channel by at most 1/255 in about half the draws: omitted here; ``--config.data.lighting=0.1`` is
+the noise at its intended strength (on the 0-1 scale). The official schedules step at the *start*
+of each epoch (epoch e runs at the value for e + 1, so the last epoch at lr 0): reproduced here,
+switch off with
 ``--config.optimizer.epoch_start_quirk=False --config.optimizer.estimator.epoch_start_quirk=False``.
 """
 
@@ -34,7 +38,8 @@ def get_config(model: str = "bireal_resnet18", stage_sizes: tuple[int, ...] = (4
     c.data.crop_scale_min = 0.08
     c.data.resize_method = "bilinear"
     c.data.eval_resize = 256
-    c.data.workers = 0
+    c.data.workers = -1                      # grain worker processes; -1: one per core, 0: in this process
+    c.data.lighting = 0.0                    # AlexNet PCA noise's alphastd; 0: off, see the docstring
     c.batch_size = 256
     c.eval_batch_size = 250                  # 50,000 / 250: no padding needed (any size is exact)
     c.num_epochs = 120

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import math
+import multiprocessing
+import os
 
 import ml_collections
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from PIL import Image
 
 from mlpbnn.data import create, imagenet
+from mlpbnn.data.base import stream_indices
 from mlpbnn.data.imagenet import MEAN, STD, ImageNet
 
 S = 16  # crop size: tiny, so that every test stays fast
@@ -64,15 +68,16 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TFDS_DATA_DIR", str(data_dir))
         cfg = ml_collections.ConfigDict({"name": "imagenet", "manual_dir": str(manual), "data_dir": "",
-                                         "image_size": S, "workers": 2})
+                                         "image_size": S, "workers": 0})
         ds = create(cfg, seed=0)
     return {"ds": ds, "data_dir": str(data_dir), "gray": gray, "labels": labels, "val_synsets": val_synsets,
             "train_count": sum(len(v) for v in train.values())}
 
 
 def make(world, seed=0, **kw) -> ImageNet:
+    """In this process by default: a grain worker is a fresh interpreter (seconds to start here)."""
     kw.setdefault("image_size", S)
-    kw.setdefault("workers", 2)
+    kw.setdefault("workers", 0)
     return ImageNet(world["data_dir"], seed, **kw)
 
 
@@ -91,7 +96,13 @@ def test_prepared_sizes_and_describe(world):
     assert ds.num_classes == 1000 and ds.image_shape == (S, S, 3)
     assert ds.eval_resize == round(S * 256 / 224)
     assert "imagenet2012" in ds.describe() and f"{world['train_count']} train" in ds.describe()
-    assert ImageNet(world["data_dir"], 0).image_shape == (224, 224, 3)  # default size
+    assert ds.workers == 0 and "in-process" in ds.describe() and "1000 classes" in ds.describe()
+    default = ImageNet(world["data_dir"], 0)
+    assert default.image_shape == (224, 224, 3)
+    assert default.workers == min(os.cpu_count(), imagenet.AUTO_WORKERS)  # one worker process per core
+    assert "grain worker processes" in default.describe()
+    with pytest.raises(ValueError, match="data.workers"):
+        make(world, workers=-2)
 
 
 def test_train_batches_shapes_normalisation_labels(world):
@@ -149,10 +160,24 @@ def test_determinism_from_seed(world):
 
 
 def test_worker_count_does_not_change_batches(world):
-    a = take(make(world, workers=1, prefetch=1).train_batches(7, 6), 3)
-    b = take(make(world, workers=3, prefetch=3).train_batches(7, 6), 3)
-    for (x, _), (y, _) in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x["images"], y["images"])
+    """In this process, one grain worker process and two: the same training batches (from a position
+    that is no multiple of the batch, on the second of two processes' rows) and evaluation batches."""
+    def run(ds):
+        train = take(ds.train_batches(7, 6, process_index=1, process_count=2), 5)
+        return train, list(ds.eval_batches(4, 1, 2))
+
+    (ref_train, ref_eval) = run(make(world, workers=0))
+    for workers, prefetch in ((1, 1), (2, 2)):
+        train, evals = run(make(world, workers=workers, prefetch=prefetch))
+        for (x, px), (y, py) in zip(ref_train, train, strict=True):
+            assert px == py
+            for key in ("images", "labels"):
+                np.testing.assert_array_equal(x[key], y[key])
+                assert type(y[key]) is np.ndarray  # plain arrays, not grain's shared-memory subclass
+        assert len(evals) == len(ref_eval) == 2
+        for x, y in zip(ref_eval, evals, strict=True):
+            for key in ("images", "labels", "mask"):
+                np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_resume_continues_on_the_next_batch(world):
@@ -251,7 +276,7 @@ def test_corrupt_jpegs_are_reported_by_name(tmp_path, capsys):
         assert name in err
     assert "truncated" in err.lower()
     # Reading them later gives the mean image (zeros) with a warning, not an exception.
-    ds = ImageNet(str(tmp_path / "d"), 0, image_size=S, workers=1)
+    ds = ImageNet(str(tmp_path / "d"), 0, image_size=S, workers=0)
     assert len(ds.corrupt) == 3
     (batch,) = list(ds.eval_batches(2))
     names = [imagenet.parse_record(ds.source("validation", raw=True)[i])[2] for i in range(2)]
@@ -274,13 +299,13 @@ def _gradient_jpeg(h: int, w: int) -> bytes:
 def test_train_augmentation_crops_and_flips(world):
     ds = make(world, image_size=24)
     data = _gradient_jpeg(60, 80)
-    crops = [ds._train_pixels(data, p) for p in range(60)]
+    crops = [ds.augment.train_pixels(data, p) for p in range(60)]
     flipped = [c[:, 0, 0].mean() > c[:, -1, 0].mean() for c in crops]  # red grows left to right unflipped
     assert 15 < sum(flipped) < 45
     widths = [abs(float(c[:, -1, 0].mean()) - float(c[:, 0, 0].mean())) for c in crops]  # red span ~ crop width
     assert max(widths) > 2 * min(widths)
     assert all(c.shape == (24, 24, 3) and c.dtype == np.uint8 for c in crops)
-    np.testing.assert_array_equal(ds._train_pixels(data, 5), crops[5])  # a function of (seed, position)
+    np.testing.assert_array_equal(ds.augment.train_pixels(data, 5), crops[5])  # a function of (seed, position)
 
 
 @pytest.mark.parametrize("draft,mean_tol,max_tol", [(False, 0, 0), (True, 1.0, 4)])
@@ -293,7 +318,7 @@ def test_eval_pixels_match_full_resize_then_crop(world, draft, mean_tol, max_tol
     full = np.asarray(im.resize((36, 27), Image.Resampling.BILINEAR), np.float32)
     left, top = round((36 - 24) / 2), round((27 - 24) / 2)
     want = full[top:top + 24, left:left + 24]
-    got = ds._eval_pixels(data).astype(np.float32)
+    got = ds.augment.eval_pixels(data).astype(np.float32)
     assert np.abs(got - want).mean() <= mean_tol and np.abs(got - want).max() <= max_tol
 
 
@@ -305,14 +330,81 @@ def test_raw_records_parse_like_tfds(world):
         assert (image, label, name) == (decoded[i]["image"], decoded[i]["label"], decoded[i]["file_name"].decode())
 
 
-def test_closing_a_stream_stops_its_threads(world):
-    import threading
+def test_grain_records_are_tfds_records(world):
+    ds = world["ds"]
+    for split in ("train", "validation"):
+        raw = ds.source(split, raw=True)
+        assert list(ds.records(split).__getitems__(range(len(raw)))) == [raw[i] for i in range(len(raw))]
 
-    before = set(threading.enumerate())
-    it = make(world).train_batches(0, 4)
+
+def test_train_stream_follows_stream_indices(world):
+    """Batch k holds the examples stream_indices gives for positions start + k * batch (the index stream
+    of every dataset here), across epochs and whatever the batch's offset."""
+    ds = world["ds"]
+    labels = [imagenet.parse_record(r)[1] for r in ds.records("train").__getitems__(range(ds.train_size))]
+    for start, gb in ((0, 6), (5, 4)):
+        for k, (batch, pos) in enumerate(take(ds.train_batches(start, gb), 7)):
+            idx = stream_indices(start + k * gb, gb, ds.train_size, seed=0)
+            assert batch["labels"].tolist() == [labels[i] for i in idx] and pos == start + (k + 1) * gb
+
+
+def _grain_workers() -> set:
+    return {p for p in multiprocessing.active_children() if p.name.startswith("grain-process-prefetch")}
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_closing_or_dropping_a_stream_stops_its_workers(world, how):
+    before = _grain_workers()
+    it = make(world, workers=2).train_batches(0, 4)
     next(it)
-    ours = [t for t in threading.enumerate() if t not in before and t.name == "imagenet-read"]
-    assert len(ours) == 1
-    it.close()
-    ours[0].join(timeout=5)
-    assert not ours[0].is_alive()
+    ours = _grain_workers() - before
+    assert len(ours) == 2 and all(p.is_alive() for p in ours)
+    if how == "close":
+        it.close()
+    else:
+        del it
+        gc.collect()
+    for p in ours:
+        p.join(timeout=30)
+    assert not any(p.is_alive() for p in ours)
+    assert not _grain_workers() - before
+
+
+def test_lighting_noise_is_alexnet_pca_noise():
+    """fb.resnet.torch's formula written out element by element: rgb_i = sum_j V_ij alpha_j lambda_j with
+    alpha ~ N(0, alphastd); its covariance over many draws is alphastd^2 V diag(lambda^2) V^T."""
+    eigval = np.array([0.2175, 0.0188, 0.0045])
+    eigvec = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+    np.testing.assert_allclose(eigvec.T @ eigvec, np.eye(3), atol=2e-4)  # unit, orthogonal eigenvectors
+    for seed in range(5):
+        alpha = np.random.default_rng(seed).normal(0.0, 0.1, 3)
+        want = [sum(eigvec[i, j] * alpha[j] * eigval[j] for j in range(3)) for i in range(3)]
+        got = imagenet.lighting_noise(np.random.default_rng(seed), 0.1)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    rng = np.random.default_rng(0)
+    draws = np.stack([imagenet.lighting_noise(rng, 0.1) for _ in range(40_000)]).astype(np.float64)
+    cov = 0.1**2 * eigvec @ np.diag(eigval**2) @ eigvec.T
+    np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.03 * cov.max())
+    np.testing.assert_allclose(draws.mean(0), 0, atol=0.03 * np.sqrt(cov.max()))
+
+
+def test_lighting_shifts_the_image_on_the_0_1_scale(world):
+    """With lighting, every pixel of a training image moves by the position's shift on the 0-1 scale,
+    i.e. by shift / std after normalisation; crops and flips stay as they were; evaluation is untouched."""
+    plain, lit = make(world), make(world, lighting=0.1)
+    shifts = []
+    for (a, pa), (b, pb) in zip(take(plain.train_batches(3, 6), 3), take(lit.train_batches(3, 6), 3), strict=True):
+        assert pa == pb
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        for r in range(6):
+            shift = lit.augment.lighting_shift(pa - 6 + r)
+            np.testing.assert_allclose(b["images"][r] * STD + MEAN, a["images"][r] * STD + MEAN + shift, atol=2e-6)
+            shifts.append(shift)
+    assert len({s.tobytes() for s in shifts}) == len(shifts) and np.abs(shifts).max() > 1 / 255
+    assert np.abs(shifts).max() < 0.2
+    for a, b in zip(plain.eval_batches(4), lit.eval_batches(4), strict=True):
+        np.testing.assert_array_equal(a["images"], b["images"])
+    assert "lighting 0.1" in lit.describe()
+    with pytest.raises(ValueError, match="data.lighting"):
+        make(world, lighting=-0.1)

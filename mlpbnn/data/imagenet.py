@@ -15,13 +15,17 @@ handles grayscale, CMYK (Adobe-inverted included) and the one PNG alike.
 
 Training: Inception-style random resized crop (area ``crop_scale_min``..1 of the image, aspect
 3/4..4/3, ten tries, then torchvision's fallback: the largest centred crop within the aspect
-range), horizontal flip, resize to ``image_size`` and ImageNet mean/std normalisation. The
-randomness of the example at global stream position ``p`` is drawn from ``(seed, p)`` alone, so
-a run resumed at a position reproduces the batches exactly, whatever the process or worker count.
+range), horizontal flip, resize to ``image_size``, ImageNet mean/std normalisation and, as an
+option (``lighting``, off by default), AlexNet's PCA colour noise on the 0-1 scale. The randomness
+of the example at global stream position ``p`` is drawn from ``(seed, p)`` alone, so a run resumed
+at a position reproduces the batches exactly, whatever the process or worker count.
 Evaluation: shorter side to ``round(image_size * eval_resize / 224)`` (256 at 224), centre crop.
-A reader thread fetches each batch's serialised records (host rows only) and hands every example to
-a pool of ``workers`` threads that parse, decode, augment and normalise it into the batch (PIL and
-numpy release the GIL), ``prefetch`` batches ahead of the consumer.
+
+Reading is a grain pipeline (https://github.com/google/grain): a ``MapDataset`` whose ``k``-th element
+is this process's rows of the ``k``-th global batch, read from the array_record files with grain's
+``ArrayRecordDataSource`` and decoded by ``Augment``, run by ``workers`` grain worker processes
+(``mp_prefetch``; each worker makes whole batches, so the batches do not depend on the worker count)
+or, with ``workers=0``, by grain's read threads in this process (PIL releases the GIL).
 
 Command line::
 
@@ -33,10 +37,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import math
 import os
-import queue
 import sys
 import tarfile
 import threading
@@ -50,7 +54,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mlpbnn.data.base import Batch, Dataset, eval_pad_size, local_slice, pad_to, stream_indices
+from mlpbnn.data.base import Batch, ClassificationDataset, eval_pad_size, local_slice, stream_indices
 
 NAME = "imagenet2012"
 TAR_FILES = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
@@ -67,6 +71,13 @@ FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BI
 ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_TRIES = 10
 _AUG_KEY = 0x1A6E  # keeps the augmentation seeds apart from stream_indices' permutation seeds
+_LIGHT_KEY = 0x119F  # and Lighting's apart from both
+# AlexNet's PCA of ImageNet's RGB pixels on the 0-1 scale (Krizhevsky et al., NeurIPS 2012, sec. 4.1):
+# eigenvalues and unit eigenvectors (columns), as published with fb.resnet.torch's Lighting.
+PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]], np.float32)
 
 
 def _say(msg: str) -> None:
@@ -360,50 +371,203 @@ def normalise_into(out: np.ndarray, pixels: np.ndarray) -> None:
         np.take(_TABLE[c], pixels[..., c], out=out[..., c])
 
 
+def lighting_noise(rng: np.random.Generator, alphastd: float) -> np.ndarray:
+    """AlexNet's PCA colour noise (Krizhevsky, Sutskever, Hinton, NeurIPS 2012, sec. 4.1): the RGB shift
+    ``sum_j eigvec[:, j] * alpha_j * eigval_j`` with ``alpha_j ~ N(0, alphastd)``, on the 0-1 pixel scale,
+    added to every pixel of the image. Its covariance is ``alphastd**2 * V diag(eigval**2) V^T``."""
+    alpha = rng.normal(0.0, alphastd, 3)
+    return (PCA_EIGVEC.astype(np.float64) @ (alpha * PCA_EIGVAL)).astype(np.float32)
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(name: str, err: Exception) -> None:
+    """One line per corrupt file and process (a grain worker is a process of its own)."""
+    with _warned_lock:
+        if name in _warned:
+            return
+        _warned.add(name)
+    _say(f"cannot decode {name} ({type(err).__name__}: {err}); using the mean image")
+
+
 @dataclass(frozen=True)
-class _Job:
-    records: list[bytes]  # serialised examples of this host's real rows
-    positions: np.ndarray | None  # global stream positions (training) or None (evaluation)
-    rows: int  # rows of the host batch (>= len(records); the rest is padding)
-    after: int  # position after the batch (training)
+class Augment:
+    """Decoding and augmentation of one image: a pure function of its bytes, ``seed`` and (training) its
+    global stream position, so that any process or worker computes the same pixels. Picklable: grain's
+    worker processes receive it."""
+
+    seed: int
+    size: int
+    crop_scale_min: float = 0.08
+    resize_method: str = "bilinear"
+    eval_resize: int = 256  # the shorter side before the centre crop, in pixels
+    draft: bool = True
+    lighting: float = 0.0  # alphastd of lighting_noise; 0: off
+
+    def train_pixels(self, data: bytes, position: int) -> np.ndarray:
+        """uint8 (S, S, 3): random resized crop + flip drawn from (seed, position)."""
+        rng = np.random.default_rng([self.seed, _AUG_KEY, int(position)])
+        s = self.size
+        with _open(data) as im:
+            w0, h0 = im.size
+            top, left, h, w = random_resized_crop(rng, h0, w0, self.crop_scale_min)
+            flip = rng.random() < 0.5
+            want = (w0 * s / w, h0 * s / h) if self.draft else None
+            rgb, sx, sy = _rgb(im, want, (w0, h0))
+            out = rgb.resize((s, s), FILTERS[self.resize_method],
+                             box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+        arr = np.asarray(out)
+        return arr[:, ::-1] if flip else arr
+
+    def lighting_shift(self, position: int) -> np.ndarray:
+        """The RGB shift (0-1 scale) that Lighting adds at ``position``. Its own generator: the crop's
+        draw count depends on the image size, and switching Lighting on must not move the crops."""
+        return lighting_noise(np.random.default_rng([self.seed, _LIGHT_KEY, int(position)]), self.lighting)
+
+    def eval_pixels(self, data: bytes) -> np.ndarray:
+        """uint8 (S, S, 3): shorter side to ``eval_resize``, centre crop."""
+        s, r = self.size, self.eval_resize
+        with _open(data) as im:
+            w0, h0 = im.size
+            box = eval_geometry(h0, w0, r, s)
+            want = (w0 * r / min(w0, h0), h0 * r / min(w0, h0)) if self.draft else None
+            rgb, sx, sy = _rgb(im, want, (w0, h0))
+            out = rgb.resize((s, s), FILTERS[self.resize_method],
+                             box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+        return np.asarray(out)
+
+    def fill(self, out: np.ndarray, raw: bytes, position: int | None) -> int:
+        """Parses one serialised example, writes its normalised pixels into ``out`` (training when
+        ``position`` is given, else evaluation) and returns its label. A file that cannot be decoded
+        becomes the mean image (zeros after normalisation) with a warning: it must not stop a long run."""
+        data, label, name = parse_record(raw)
+        try:
+            arr = self.eval_pixels(data) if position is None else self.train_pixels(data, position)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a corrupt file
+            _warn_once(name, e)
+            out[...] = 0.0
+            return label
+        normalise_into(out, arr)
+        if position is not None and self.lighting:
+            # On the 0-1 scale before normalisation: (x + shift - mean) / std = normalised x + shift / std.
+            out += self.lighting_shift(position) / STD
+        return label
 
 
-_DONE = object()
+class _TrainBatch:
+    """grain map function: ``k`` -> this process's rows of the ``k``-th global batch of the stream that
+    starts at ``start``. Runs in grain's worker processes (or read threads)."""
+
+    def __init__(self, records: Any, augment: Augment, start: int, global_batch: int, rows: slice, size: int):
+        self.records, self.augment, self.start, self.global_batch, self.rows, self.size = (
+            records, augment, int(start), int(global_batch), rows, int(size))
+        # stream_indices draws a whole permutation per call: keep a chunk of the stream. A tuple,
+        # replaced whole, so that concurrent read threads never see half an update.
+        self._chunk = max(64 * self.global_batch, 4096)
+        self._cache: tuple[int, np.ndarray] = (0, np.empty(0, np.int64))
+
+    def indices(self, pos: int) -> np.ndarray:
+        """Example indices of the global batch at stream position ``pos``."""
+        start, cache = self._cache
+        if not start <= pos <= pos + self.global_batch <= start + len(cache):
+            start, cache = pos, stream_indices(pos, self._chunk, self.size, self.augment.seed)
+            self._cache = (start, cache)
+        return cache[pos - start:pos - start + self.global_batch]
+
+    def __call__(self, k: int) -> Batch:
+        pos = self.start + int(k) * self.global_batch
+        idx = self.indices(pos)[self.rows]
+        positions = np.arange(pos, pos + self.global_batch)[self.rows]
+        images = np.empty((len(idx), *_shape(self.augment)), np.float32)
+        labels = np.empty(len(idx), np.int32)
+        for i, raw in enumerate(_read(self.records, idx)):
+            labels[i] = self.augment.fill(images[i], raw, int(positions[i]))
+        return {"images": images, "labels": labels}
 
 
-class ImageNet(Dataset):
-    """ILSVRC2012 from a prepared TFDS ``imagenet2012`` (array_record) in ``data_dir``."""
+class _EvalBatch:
+    """grain map function: ``k`` -> this process's rows of the ``k``-th evaluation batch, padded with
+    zeros after the last example and masked (the real rows of a process are a prefix of its slice)."""
+
+    def __init__(self, records: Any, augment: Augment, global_batch: int, rows: slice, size: int):
+        self.records, self.augment, self.global_batch, self.rows, self.size = (
+            records, augment, int(global_batch), rows, int(size))
+
+    def __call__(self, k: int) -> Batch:
+        start = int(k) * self.global_batch
+        idx = np.arange(start, start + self.global_batch)[self.rows]
+        idx = idx[idx < self.size]
+        n = self.rows.stop - self.rows.start
+        images = np.zeros((n, *_shape(self.augment)), np.float32)
+        labels = np.zeros(n, np.int32)
+        for i, raw in enumerate(_read(self.records, idx)):
+            labels[i] = self.augment.fill(images[i], raw, None)
+        return {"images": images, "labels": labels, "mask": (np.arange(n) < len(idx)).astype(np.float32)}
+
+
+def _shape(augment: Augment) -> tuple[int, int, int]:
+    return (augment.size, augment.size, 3)
+
+
+def _read(records: Any, indices: np.ndarray) -> Sequence[bytes]:
+    """Serialised examples at ``indices``, in that order (array_record reads them file by file)."""
+    return records.__getitems__([int(i) for i in indices]) if len(indices) else []
+
+
+def _absl_flags_parsed() -> None:
+    """grain reads its absl flags (profiling, debug mode) when it starts workers; outside an absl app
+    (tests, notebooks, benchmarks) nothing has parsed them, so their defaults are taken."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+ENDLESS = 2**62  # batches in a training stream: grain's MapDataset wants a length
+AUTO_WORKERS = 32  # the most grain worker processes that ``workers=-1`` starts
+
+
+class ImageNet(ClassificationDataset):
+    """ILSVRC2012 from a prepared TFDS ``imagenet2012`` (array_record) in ``data_dir``, read with grain."""
 
     num_classes = 1000
 
     def __init__(self, data_dir: str, seed: int, *, image_size: int = 224, crop_scale_min: float = 0.08,
-                 resize_method: str = "bilinear", eval_resize: int = 256, workers: int = 0, prefetch: int = 2,
-                 draft: bool = True):
+                 resize_method: str = "bilinear", eval_resize: int = 256, workers: int = -1, prefetch: int = 1,
+                 draft: bool = True, lighting: float = 0.0):
         if resize_method not in FILTERS:
             raise ValueError(f"data.resize_method must be one of {', '.join(FILTERS)}, got {resize_method!r}")
         if not 0.0 < crop_scale_min <= 1.0:
             raise ValueError(f"data.crop_scale_min must be in (0, 1], got {crop_scale_min}")
+        if not lighting >= 0.0:
+            raise ValueError(f"data.lighting must be >= 0 (0: off), got {lighting}")
+        if int(workers) < -1:
+            raise ValueError(f"data.workers must be -1 (one per core), 0 (in this process) or a count, got {workers}")
         self.data_dir = os.path.expanduser(data_dir or default_data_dir())
         self.builder = _builder(self.data_dir)
         if not self.builder.is_prepared():
             raise FileNotFoundError(
                 f"imagenet2012 is not prepared in {self.data_dir}: run 'python -m mlpbnn.data.imagenet prepare "
                 f"--manual_dir DIR_WITH_TARS --data_dir {self.data_dir}' or set data.manual_dir")
-        self.seed, self.size = seed, int(image_size)
-        self.image_shape = (self.size, self.size, 3)
-        self.crop_scale_min, self.resize_method = float(crop_scale_min), resize_method
-        self.filter = FILTERS[resize_method]
-        self.eval_resize = int(round(self.size * eval_resize / 224))
-        if self.eval_resize < self.size:
-            raise ValueError(f"data.eval_resize {eval_resize} gives a resize of {self.eval_resize} < image size "
-                             f"{self.size}")
-        self.workers, self.prefetch, self.draft = _workers(workers), max(1, int(prefetch)), bool(draft)
+        size = int(image_size)
+        resize = int(round(size * eval_resize / 224))
+        if resize < size:
+            raise ValueError(f"data.eval_resize {eval_resize} gives a resize of {resize} < image size {size}")
+        self.augment = Augment(int(seed), size, float(crop_scale_min), resize_method, resize, bool(draft),
+                               float(lighting))
+        self.seed, self.size, self.eval_resize = int(seed), size, resize
+        self.image_shape = (size, size, 3)
+        # -1: one grain worker per core, at most AUTO_WORKERS (each is a Python process of ~0.3 GB, jax
+        # imported by grain, plus its batches in flight); 0: in this process.
+        self.workers = min(_workers(-1), AUTO_WORKERS) if int(workers) < 0 else int(workers)
+        self.prefetch = max(1, int(prefetch))
         sizes = _split_sizes(self.builder)
         self.train_size, self.eval_size = sizes.get("train", 0), sizes.get("validation", 0)
         self.synsets: list[str] = list(self.builder.info.features["label"].names)
         self._sources: dict[tuple[str, bool], Any] = {}
-        self._warned: set[str] = set()
-        self._lock = threading.Lock()
+        self._records: dict[str, Any] = {}
         for split in sizes:  # opens the array_record readers; fails here if the data is in another format
             self.source(split, raw=True)
         self.corrupt = _read_corrupt_list(str(self.builder.data_dir))
@@ -417,40 +581,42 @@ class ImageNet(Dataset):
         no prepared imagenet2012, ``data.manual_dir`` (the folder with the tars) prepares it first.
         Optional keys: ``image_size`` (224), ``crop_scale_min`` (0.08), ``resize_method`` (bilinear;
         also bicubic, lanczos, nearest, area), ``eval_resize`` (256: the resize for 224 crops, scaled
-        with ``image_size``), ``workers`` (0: all cores), ``prefetch`` (2 batches), ``draft`` (True:
-        decode large JPEGs at a reduced scale when the crop still gets >= its output resolution)."""
+        with ``image_size``), ``workers`` (-1: one grain worker process per core, at most 32; 0: decode
+        in this process with one grain read thread per core), ``prefetch`` (1 batch ready per worker),
+        ``draft`` (True: decode large JPEGs at a reduced scale when the crop still gets >= its output
+        resolution), ``lighting`` (0.0: AlexNet PCA colour noise's alphastd, off)."""
         get = data_config.get
         data_dir = os.path.expanduser(get("data_dir", "") or default_data_dir())
         manual_dir = get("manual_dir", "") or ""
-        workers = int(get("workers", 0) or 0)
+        workers = int(get("workers", -1))
         if not is_prepared(data_dir):
             import jax
             if jax.process_count() > 1:
                 raise FileNotFoundError(
                     f"imagenet2012 is not prepared in {data_dir}; with several processes prepare it once first "
                     "(python -m mlpbnn.data.imagenet prepare --manual_dir M --data_dir D) in a shared folder")
-            prepare(manual_dir, data_dir, workers=workers)
+            prepare(manual_dir, data_dir, workers=max(workers, 0))
         return cls(data_dir, seed, image_size=get("image_size", 224) or 224,
                    crop_scale_min=get("crop_scale_min", 0.08), resize_method=get("resize_method", "bilinear"),
-                   eval_resize=get("eval_resize", 256) or 256, workers=workers, prefetch=get("prefetch", 2),
-                   draft=get("draft", True))
+                   eval_resize=get("eval_resize", 256) or 256, workers=workers, prefetch=get("prefetch", 1),
+                   draft=get("draft", True), lighting=get("lighting", 0.0) or 0.0)
 
     def describe(self) -> str:
+        a = self.augment
+        decode = (f"{self.workers} grain worker processes" if self.workers
+                  else f"in-process, {_workers(0)} grain read threads")
         return (super().describe() + f" (tfds imagenet2012 at {self.builder.data_dir}; train crop area "
-                f">= {self.crop_scale_min}, eval resize {self.eval_resize} + centre crop, {self.resize_method}, "
-                f"{self.workers} decode threads)")
+                f">= {a.crop_scale_min}{f', lighting {a.lighting}' if a.lighting else ''}, eval resize "
+                f"{a.eval_resize} + centre crop, {a.resize_method}, {decode})")
 
     # --- reading
 
     def source(self, split: str, raw: bool = False):
-        """The split as a random-access sequence of ``{"image": bytes, "label": int, "file_name": bytes}``
-        (``raw``: of serialised examples, see ``parse_record``)."""
+        """TFDS's view of the split, for inspection: a random-access sequence of ``{"image": bytes,
+        "label": int, "file_name": bytes}`` (``raw``: of serialised examples, see ``parse_record``)."""
         key = (split, raw)
         if key not in self._sources:
-            if split not in _split_sizes(self.builder):
-                tar = TAR_FILES.get(split, split)
-                raise FileNotFoundError(f"imagenet2012 at {self.builder.data_dir} has no {split} split ({tar} was "
-                                        "not in the manual dir when it was prepared)")
+            self._require(split)
             import tensorflow_datasets as tfds
             if raw:
                 self._sources[key] = self.builder.as_data_source(
@@ -459,144 +625,68 @@ class ImageNet(Dataset):
                 self._sources[key] = self.builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
         return self._sources[key]
 
-    def _fallback(self, name: str, err: Exception) -> None:
-        with self._lock:
-            if name in self._warned:
-                return
-            self._warned.add(name)
-        _say(f"cannot decode {name} ({type(err).__name__}: {err}); using the mean image")
+    def records(self, split: str):
+        """The split's serialised examples as grain's ``ArrayRecordDataSource`` over TFDS's file
+        instructions (the order of ``source(split, raw=True)``); it pickles as file names and offsets,
+        so grain's workers open their own readers."""
+        if split not in self._records:
+            self._require(split)
+            import grain
+            self._records[split] = grain.sources.ArrayRecordDataSource(
+                list(self.builder.info.splits[split].file_instructions))
+        return self._records[split]
 
-    def _train_pixels(self, data: bytes, position: int) -> np.ndarray:
-        """uint8 (S, S, 3): random resized crop + flip drawn from (seed, position)."""
-        rng = np.random.default_rng([self.seed, _AUG_KEY, int(position)])
-        s = self.size
-        with _open(data) as im:
-            w0, h0 = im.size
-            top, left, h, w = random_resized_crop(rng, h0, w0, self.crop_scale_min)
-            flip = rng.random() < 0.5
-            want = (w0 * s / w, h0 * s / h) if self.draft else None
-            rgb, sx, sy = _rgb(im, want, (w0, h0))
-            out = rgb.resize((s, s), self.filter, box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
-        arr = np.asarray(out)
-        return arr[:, ::-1] if flip else arr
+    def _require(self, split: str) -> None:
+        if split not in _split_sizes(self.builder):
+            tar = TAR_FILES.get(split, split)
+            raise FileNotFoundError(f"imagenet2012 at {self.builder.data_dir} has no {split} split ({tar} was "
+                                    "not in the manual dir when it was prepared)")
 
-    def _eval_pixels(self, data: bytes) -> np.ndarray:
-        """uint8 (S, S, 3): shorter side to ``eval_resize``, centre crop."""
-        s, r = self.size, self.eval_resize
-        with _open(data) as im:
-            w0, h0 = im.size
-            box = eval_geometry(h0, w0, r, s)
-            want = (w0 * r / min(w0, h0), h0 * r / min(w0, h0)) if self.draft else None
-            rgb, sx, sy = _rgb(im, want, (w0, h0))
-            out = rgb.resize((s, s), self.filter, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
-        return np.asarray(out)
+    def _stream(self, fn: Callable[[int], Batch], length: int) -> Iterator[Batch]:
+        """Elements ``fn(0), fn(1), ...`` in order. With workers, grain's ``mp_prefetch`` gives worker
+        ``i`` the elements ``i, i + workers, ...`` (each a whole batch, so batches do not depend on
+        the worker count) and interleaves them back; without, grain's read threads run ``fn``. Closing
+        the generator (or dropping it) stops the workers."""
+        import grain
 
-    def _fill(self, images: np.ndarray, labels: np.ndarray, i: int, raw: bytes, position: int | None) -> None:
-        """One example, in a worker thread: parse, decode, augment, normalise into row ``i``."""
-        data, labels[i], name = parse_record(raw)
+        _absl_flags_parsed()
+        ds = grain.MapDataset.range(length).map(fn)
+        if self.workers:
+            # A worker computes one batch while ``prefetch`` wait in its queue: batches are large.
+            pipeline = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=self.prefetch))
+        else:
+            threads = _workers(0)
+            pipeline = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                            prefetch_buffer_size=threads + self.prefetch))
+        it = iter(pipeline)
         try:
-            arr = self._eval_pixels(data) if position is None else self._train_pixels(data, position)
-        except Exception as e:  # noqa: BLE001 - a corrupt file must not stop a long run
-            self._fallback(name, e)
-            images[i] = 0.0
-            return
-        normalise_into(images[i], arr)
-
-    def _submit(self, pool: ThreadPoolExecutor, job: _Job):
-        images = np.empty((job.rows, *self.image_shape), np.float32)
-        labels = np.zeros(job.rows, np.int32)
-        futures = [pool.submit(self._fill, images, labels, i, raw, None if job.positions is None
-                               else int(job.positions[i])) for i, raw in enumerate(job.records)]
-        return images, labels, futures, job
-
-    def _run(self, jobs: Iterator[_Job]) -> Iterator[tuple[np.ndarray, np.ndarray, _Job]]:
-        """Runs ``jobs`` (record reads) in a producer thread that hands each example to a pool of
-        ``workers`` decode threads, ``prefetch`` batches ahead of the consumer; yields batches in order."""
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imagenet-decode")
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
-        def produce() -> None:
-            try:
-                for job in jobs:
-                    if not put(self._submit(pool, job)):
-                        return
-                put(_DONE)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                put(e)
-
-        producer = threading.Thread(target=produce, name="imagenet-read", daemon=True)
-        producer.start()
-        try:
-            while True:
-                item = ready.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                images, labels, futures, job = item
-                for f in futures:
-                    f.result()
-                yield images, labels, job
+            for batch in it:
+                # Plain ndarray views (worker outputs arrive as grain's shared-memory array subclass).
+                yield {k: np.asarray(v) for k, v in batch.items()}
         finally:
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _records(self, split: str, indices: np.ndarray) -> list[bytes]:
-        if len(indices) == 0:
-            return []
-        return list(self.source(split, raw=True).__getitems__([int(i) for i in indices]))
+            it.close()
 
     # --- the Dataset interface
 
     def train_batches(self, position: int, global_batch: int, process_index: int = 0,
                       process_count: int = 1) -> Iterator[tuple[Batch, int]]:
         rows = local_slice(global_batch, process_index, process_count)
-        size = self.train_size
-        if not size:
-            self.source("train")  # raises, naming the missing tar
-        chunk = max(64 * global_batch, 4096)  # stream_indices draws a whole permutation per call: reuse it
-
-        def jobs() -> Iterator[_Job]:
-            pos, cache_start, cache = int(position), 0, np.empty(0, np.int64)
-            while True:
-                if not cache_start <= pos <= pos + global_batch <= cache_start + len(cache):
-                    cache_start, cache = pos, stream_indices(pos, max(chunk, global_batch), size, self.seed)
-                idx = cache[pos - cache_start:pos - cache_start + global_batch][rows]
-                positions = np.arange(pos, pos + global_batch)[rows]
-                pos += global_batch
-                yield _Job(self._records("train", idx), positions, len(idx), pos)
-
-        for images, labels, job in self._run(jobs()):
-            yield {"images": images, "labels": labels}, job.after
+        if not self.train_size:
+            self._require("train")  # raises, naming the missing tar
+        fn = _TrainBatch(self.records("train"), self.augment, position, global_batch, rows, self.train_size)
+        with contextlib.closing(self._stream(fn, ENDLESS)) as batches:
+            for k, batch in enumerate(batches):
+                yield batch, int(position) + (k + 1) * global_batch
 
     def eval_batches(self, global_batch: int, process_index: int = 0,
                      process_count: int = 1) -> Iterator[Batch]:
         rows = local_slice(global_batch, process_index, process_count)
-        n = self.eval_size
-        if not n:
-            self.source("validation")  # raises, naming the missing tar
-        total = eval_pad_size(n, global_batch)
-
-        def jobs() -> Iterator[_Job]:
-            for start in range(0, total, global_batch):
-                idx = np.arange(start, start + global_batch)[rows]
-                idx = idx[idx < n]  # this process's real rows: a prefix of its slice
-                yield _Job(self._records("validation", idx), None, rows.stop - rows.start, start)
-
-        for images, labels, job in self._run(jobs()):
-            real = len(job.records)
-            yield pad_to({"images": images[:real], "labels": labels[:real]}, job.rows)
-
+        if not self.eval_size:
+            self._require("validation")  # raises, naming the missing tar
+        fn = _EvalBatch(self.records("validation"), self.augment, global_batch, rows, self.eval_size)
+        with contextlib.closing(self._stream(fn, eval_pad_size(self.eval_size, global_batch) // global_batch)) as b:
+            yield from b
 
 # ----------------------------------------------------------------------------------------------
 # Tars in the official layout (tests and benchmarks)
