@@ -21,13 +21,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-Batch = dict[str, np.ndarray]
+Batch = dict[str, Any]
+HOST = "host"  # batch key of host-only fields (mlpbnn.tasks.base reads them in evaluators)
 
 
 class Dataset(abc.ABC):
-    """Classification data: images NHWC float32, labels int32."""
+    """Any task's data. Batches are dicts of host-local numpy arrays: ``images`` (NHWC float32,
+    the model's input, ``image_shape`` per example) and whatever the task reads (labels,
+    heatmaps, ...); evaluation batches add ``mask`` and may carry host-only fields under
+    ``batch['host']`` (ids, geometry), which ``to_global`` never sends to the devices."""
 
-    num_classes: int
     image_shape: tuple[int, int, int]
     train_size: int
     eval_size: int
@@ -44,7 +47,16 @@ class Dataset(abc.ABC):
 
     def describe(self) -> str:
         return (f"{type(self).__name__}: {self.train_size:,} train / {self.eval_size:,} eval images "
-                f"{'x'.join(map(str, self.image_shape))}, {self.num_classes} classes")
+                f"{'x'.join(map(str, self.image_shape))}")
+
+
+class ClassificationDataset(Dataset):
+    """Images with integer ``labels`` in ``range(num_classes)``."""
+
+    num_classes: int
+
+    def describe(self) -> str:
+        return super().describe() + f", {self.num_classes} classes"
 
 
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -55,10 +67,16 @@ def local_slice(global_batch: int, process_index: int, process_count: int) -> sl
     return slice(process_index * per, (process_index + 1) * per)
 
 
+def _pad_rows(v: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([v, np.zeros((size - len(v), *v.shape[1:]), v.dtype)])
+
+
 def pad_to(batch: Batch, size: int) -> Batch:
-    """Pads every array to ``size`` rows with zeros and sets ``mask`` (1 real, 0 padding)."""
-    n = len(next(iter(batch.values())))
-    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    """Pads every array (host-only fields too) to ``size`` rows with zeros and sets ``mask``
+    (1 real, 0 padding)."""
+    n = len(batch["images"])
+    out = {k: ({h: _pad_rows(a, size) for h, a in v.items()} if k == HOST else _pad_rows(v, size))
+           for k, v in batch.items()}
     out["mask"] = (np.arange(size) < n).astype(np.float32)
     return out
 
@@ -68,9 +86,10 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def to_global(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
-    """Host-local numpy batch -> global jax.Arrays sharded along the batch axis."""
+    """Host-local numpy batch -> global jax.Arrays sharded along the batch axis (host-only
+    fields under ``batch['host']`` stay behind)."""
     sharding = data_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items() if k != HOST}
 
 
 def eval_pad_size(n: int, global_batch: int) -> int:

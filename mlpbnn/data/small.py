@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpbnn.data.base import Batch, Dataset, eval_pad_size, local_slice, pad_to, stream_indices
+from mlpbnn.data.base import Batch, ClassificationDataset, eval_pad_size, local_slice, pad_to, stream_indices
 
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -18,7 +18,7 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 AUGMENTATIONS = ("none", "crop_flip")
 
 
-class ArrayDataset(Dataset):
+class ArrayDataset(ClassificationDataset):
     """Images and labels in memory. Training visits a fresh permutation each epoch (from
     ``seed``); ``augment='crop_flip'`` adds random translations (zero padding ``pad``) and
     horizontal flips, drawn from (seed, example position) so that resuming reproduces them."""
