@@ -1,5 +1,5 @@
 """Where the sign is applied: binary convolution and dense layers, and the small real layers
-around them (LearnableBias, PReLU, RPReLU).
+around them (LearnableBias, PReLU, RPReLU, a PyTorch-faithful BatchNorm).
 
 A binary layer computes ``conv(q_in(x), alpha * q_w(normalize(W)))`` with
 
@@ -29,6 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mlpbnn.conv import conv2d, explicit_padding
 from mlpbnn.estimators import Estimator, Theta
@@ -253,8 +254,11 @@ class LearnableBias(nn.Module):
 
 
 def prelu(x: Array, slope: Array) -> Array:
-    """max(0, x) + slope * min(0, x), slope broadcast over the last (channel) axis."""
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+    """max(0, x) + slope * min(0, x), slope broadcast over the last (channel) axis.
+
+    The test is ``x > 0`` as in PyTorch's PReLU, so at exactly 0 the input gradient is the slope
+    (not 1) and the slope gradient is x = 0."""
+    return jnp.where(x > 0, x, slope.astype(x.dtype) * x)
 
 
 class PReLU(nn.Module):
@@ -283,6 +287,68 @@ class RPReLU(nn.Module):
         slope = self.param("slope", nn.initializers.constant(self.init_slope), (c,), self.param_dtype)
         zeta = self.param("zeta", nn.initializers.zeros, (c,), self.param_dtype)
         return prelu(x + gamma.astype(x.dtype), slope) + zeta.astype(x.dtype)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over all axes but the last, as ``torch.nn.BatchNorm2d`` computes it.
+
+    Variables as Flax's ``nn.BatchNorm`` (params ``scale``, ``bias``; batch_stats ``mean``,
+    ``var`` in float32), with the same ``momentum`` convention (running = momentum * running +
+    (1 - momentum) * batch: PyTorch's momentum 0.1 is 0.9 here) and ``epsilon``. Two differences
+    from Flax, both PyTorch's behaviour (Ioffe & Szegedy, arXiv 1502.03167, Algorithm 2, use the
+    unbiased variance for inference too):
+
+    - the running variance is updated with the *unbiased* batch variance, var * n / (n - 1),
+      where n is the number of values per channel; the batch itself is normalised with the biased
+      variance. (Flax uses the biased one: 1e-3 relative after one step at batch 2.)
+    - the computation is always in at least float32, whatever ``dtype``; the output has that
+      dtype (``dtype`` or the input's, promoted to at least float32): BN in bfloat16 would round
+      the shortcut stream (README's mixed-precision policy).
+
+    Statistics are two-pass (mean, then the mean of squared deviations), as PyTorch: the one-pass
+    E[x^2] - E[x]^2 cancels badly when |mean| >> std. Under ``jax.jit`` over a sharded batch
+    they are over the global batch.
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    scale_init: Callable[..., Array] = nn.initializers.ones
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        c = x.shape[-1]
+        axes = tuple(range(x.ndim - 1))
+        dtype = jnp.promote_types(x.dtype if self.dtype is None else self.dtype, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            xf = x.astype(dtype)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(lax.square(xf - mean), axes)
+            if not self.is_initializing():
+                n = x.size // c
+                unbiased = var * (n / max(n - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        # The order of Flax's _normalize: (x - mean) * (rsqrt(var + eps) * scale) + bias.
+        y = x - mean
+        mul = lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            mul = mul * self.param("scale", self.scale_init, (c,), self.param_dtype)
+        y = y * mul
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (c,), self.param_dtype)
+        return y.astype(dtype)
 
 
 class MaxPool(nn.Module):

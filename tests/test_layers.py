@@ -227,3 +227,98 @@ def test_bad_input_rank_and_mismatched_shared_theta():
 
     with pytest.raises(ValueError, match="shared estimator params are for"):
         Bad().init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
+
+
+# ------------------------------------------------------------------------------ BatchNorm, PReLU at 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 2, 5), (2, 1, 1, 4)])
+def test_batch_norm_matches_torch_over_train_steps(shape):
+    """Three train steps at batch 2, then eval: outputs and running statistics as
+    torch.nn.BatchNorm2d, whose running variance takes the unbiased batch variance (n / (n - 1);
+    n = 12 and n = 2 values per channel here)."""
+    n, h, w, c = shape
+    rng = np.random.default_rng(0)
+    scale, bias = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.1, c).astype(np.float32)
+    tb = torch.nn.BatchNorm2d(c)  # momentum 0.1, eps 1e-5
+    with torch.no_grad():
+        tb.weight.copy_(torch.tensor(scale))
+        tb.bias.copy_(torch.tensor(bias))
+    bn = L.BatchNorm(momentum=0.9, epsilon=1e-5)
+    flax_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False)
+    v = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)},
+         "batch_stats": {"mean": jnp.zeros(c), "var": jnp.ones(c)}}
+    v_flax = v
+    tb.train()
+    for _ in range(3):
+        x = (rng.normal(0, 1, shape) * rng.uniform(0.5, 3, c) + rng.normal(0, 2, c)).astype(np.float32)
+        yt = tb(ref.nhwc_to_torch(x)).permute(0, 2, 3, 1).detach().numpy()
+        y, state = bn.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+        v = {**v, **state}
+        _, flax_state = flax_bn.apply(v_flax, x, use_running_average=False, mutable=["batch_stats"])
+        v_flax = {**v_flax, **flax_state}
+        np.testing.assert_allclose(np.asarray(y), yt, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(v["batch_stats"]["mean"]), tb.running_mean.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(v["batch_stats"]["var"]), tb.running_var.numpy(), rtol=1e-6)
+    # Flax's own BatchNorm keeps the biased variance: this test would catch it.
+    assert np.abs(np.asarray(v_flax["batch_stats"]["var"]) / tb.running_var.numpy() - 1).max() > 1e-3
+    tb.eval()
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    yt = tb(ref.nhwc_to_torch(x)).permute(0, 2, 3, 1).detach().numpy()
+    np.testing.assert_allclose(np.asarray(bn.apply(v, x, use_running_average=True)), yt, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_gradients_match_torch():
+    rng = np.random.default_rng(1)
+    x = rng.normal(1, 2, (2, 3, 3, 4)).astype(np.float32)
+    g = rng.normal(0, 1, x.shape).astype(np.float32)
+    tb = torch.nn.BatchNorm2d(4)
+    xt = ref.nhwc_to_torch(x).requires_grad_(True)
+    (tb(xt) * ref.nhwc_to_torch(g)).sum().backward()
+    bn = L.BatchNorm(use_running_average=False)
+    v = bn.init(jax.random.key(0), x)
+
+    def f(params, xx):
+        y, _ = bn.apply({**v, "params": params}, xx, mutable=["batch_stats"])
+        return jnp.sum(y * g)
+
+    dp, dx = jax.grad(f, argnums=(0, 1))(v["params"], jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dp["scale"]), tb.weight.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dp["bias"]), tb.bias.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_computes_in_float32_at_least():
+    x = jax.random.normal(jax.random.key(0), (4, 3, 3, 5)) * 3 + 100  # |mean| >> std
+    bn = L.BatchNorm(use_running_average=False, dtype=jnp.bfloat16)
+    v = bn.init(jax.random.key(1), x)
+    y, state = bn.apply(v, x.astype(jnp.bfloat16), mutable=["batch_stats"])
+    assert y.dtype == jnp.float32 and state["batch_stats"]["var"].dtype == jnp.float32
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v))
+    # Two-pass statistics of the bf16 input, in float32: per channel, zero mean and unit variance.
+    np.testing.assert_allclose(np.asarray(y).mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(y).var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+    with jax.enable_x64(True):  # float64 parity runs stay float64
+        x64 = jnp.asarray(np.asarray(x), jnp.float64)
+        assert L.BatchNorm(use_running_average=False, dtype=jnp.float64).apply(
+            v, x64, mutable=["batch_stats"])[0].dtype == jnp.float64
+
+
+def test_prelu_gradient_at_zero_matches_torch():
+    """PyTorch's PReLU tests x > 0: at exactly 0 the input gradient is the slope and the slope's
+    gradient is 0 (x itself)."""
+    x = np.array([[-1.5, 0.0, 2.0], [0.0, -0.0, 0.5]], np.float32).reshape(1, 2, 1, 3)
+    slope = np.array([0.1, -0.3, 0.25], np.float32)
+    g = np.array([[1.0, 2.0, -1.0], [0.5, 3.0, 1.0]], np.float32).reshape(1, 2, 1, 3)
+    tp = torch.nn.PReLU(3)
+    with torch.no_grad():
+        tp.weight.copy_(torch.tensor(slope))
+    xt = ref.nhwc_to_torch(x).requires_grad_(True)
+    (tp(xt) * ref.nhwc_to_torch(g)).sum().backward()
+    dp, dx = jax.grad(lambda p, xx: jnp.sum(L.PReLU().apply({"params": p}, xx) * g), argnums=(0, 1))(
+        {"slope": jnp.asarray(slope)}, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(np.asarray(dp["slope"]), tp.weight.grad.numpy(), rtol=1e-6)
+    # x = [[-1.5, 0, 2], [0, -0, 0.5]]: the slope times g at the three zeros, not g.
+    np.testing.assert_allclose(np.asarray(dx).reshape(2, 3), [[0.1, -0.6, -1.0], [0.05, -0.9, 1.0]], rtol=1e-6)
+
