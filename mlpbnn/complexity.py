@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 
-ELEMENTWISE_OPS = {L.PReLU: 1, L.LearnableBias: 1, L.RPReLU: 3, nn.BatchNorm: 2}
+ELEMENTWISE_OPS = {L.PReLU: 1, L.LearnableBias: 1, L.RPReLU: 3, L.BatchNorm: 2, nn.BatchNorm: 2}
 
 
 @dataclasses.dataclass
@@ -124,7 +124,13 @@ def _size(tree: Any) -> int:
     return sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
 
 
+_COUNTED = (L.BinaryConv, L.BinaryDense, nn.Conv, nn.Dense, L.MaxPool, L.AvgPool, L.GlobalAvgPool,
+            *ELEMENTWISE_OPS)
+
+
 def _record(module: nn.Module, x: Any, y: Any) -> Layer | None:
+    if not isinstance(module, _COUNTED):  # containers (blocks, backbones, heads) return other things
+        return None
     path = "/".join(module.path) if module.path else type(module).__name__
     out = tuple(y.shape[1:])
     n_out = math.prod(out)

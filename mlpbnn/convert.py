@@ -46,8 +46,11 @@ def _module_name(part: str) -> str:
     return re.sub(r"_(\d+)$", r".\1", part)
 
 
-def torch_key(path: Path_, family: str) -> str:
-    """The PyTorch state_dict key of a flattened Flax variable path (collection first)."""
+def torch_key(path: Path_, layout: str) -> str:
+    """The PyTorch state_dict key of a flattened Flax variable path (collection first), in the
+    key layout ``layout`` (``models.TORCH_LAYOUTS``: a model's ``models.info(name).torch_layout``)."""
+    if layout not in models.TORCH_LAYOUTS:
+        raise ValueError(f"unknown PyTorch layout {layout!r}; valid: {', '.join(models.TORCH_LAYOUTS)}")
     collection, *modules, leaf = path
     names = [_module_name(m) for m in modules]
     if collection == "estimator":
@@ -57,7 +60,8 @@ def torch_key(path: Path_, family: str) -> str:
     if collection == "batch_stats":
         return ".".join([*names, {"mean": "running_mean", "var": "running_var"}[leaf]])
     if leaf == "kernel":
-        binary = family in ("bireal", "reactnet") and modules[-1] == "binary_conv"
+        # The official BBC and ReActNet binary convs call their latent weights ``weights``.
+        binary = layout in ("bbc", "reactnet") and modules[-1] == "binary_conv"
         return ".".join([*names, "weights" if binary else "weight"])
     return ".".join([*names, {"bias": "bias", "scale": "weight", "slope": "weight"}[leaf]])
 
@@ -121,9 +125,9 @@ def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None
     """
     sd = unwrap_state_dict(state_dict)
     num_classes = _infer_num_classes(sd) if num_classes is None else num_classes
-    family = models.family(name)
+    layout = models.info(name).torch_layout
     expected = expected_variables(name, num_classes, **model_kwargs)
-    keys = {path: torch_key(path, family) for path in expected}
+    keys = {path: torch_key(path, layout) for path in expected}
     missing, misshaped, flat = [], [], {}
     for path, shape in expected.items():
         key = keys[path]
@@ -151,10 +155,10 @@ def to_torch(name: str, variables: Mapping[str, Any], num_batches_tracked: int =
     """A PyTorch state_dict (``torch.Tensor`` values) of model ``name`` from Flax variables."""
     import torch
 
-    family = models.family(name)
+    layout = models.info(name).torch_layout
     out: OrderedDict[str, Any] = OrderedDict()
     for path, value in traverse_util.flatten_dict(dict(variables)).items():
-        key = torch_key(path, family)
+        key = torch_key(path, layout)
         out[key] = torch.from_numpy(np.ascontiguousarray(_to_torch_layout(path, np.asarray(value))))
         if key.endswith(".running_var"):
             out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = torch.tensor(num_batches_tracked, dtype=torch.long)

@@ -70,3 +70,14 @@ def test_cli_table(capsys):
     assert "layer4_3/binary_conv" in out and "OPs = FLOPs + BOPs/64" in out and "1.64e+08" in out
     complexity.main(["resnet18", "--json"])
     assert '"params": 11689512' in capsys.readouterr().out
+
+
+def test_backbone_counts_are_the_classifiers_without_the_head():
+    kw = {"small_inputs": True, "width": 8, "stage_sizes": (1, 1, 1, 1)}
+    full = complexity.count(models.create("bireal_resnet18", 10, **kw), (16, 16, 3), count_elementwise=True)
+    backbone = complexity.count(models.create_backbone("bireal_resnet18", **kw), (16, 16, 3), count_elementwise=True)
+    assert [x.path for x in full.layers] == [x.path for x in backbone.layers] + ["avgpool", "fc"]
+    assert full.flops == backbone.flops + 64 * 2 * 2 + 64 * 10  # pooling 2x2x64, fc 64 -> 10
+    assert full.bops == backbone.bops and full.params_1bit == backbone.params_1bit
+    bn = [x for x in backbone.layers if x.path == "layer1_0/bn1"]
+    assert len(bn) == 1 and bn[0].kind == "BatchNorm" and bn[0].elementwise == 2 * 16 * 16 * 8

@@ -22,12 +22,12 @@ TINY = {"width": 8, "small_inputs": True}
 
 def reference(name: str, stages, num_classes: int, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    fam = models.family(name)
-    if fam == "resnet":
+    layout = models.info(name).torch_layout
+    if layout == "torchvision":
         block = "bottleneck" if name == "resnet50" else "basic"
         net = ref.TorchvisionResNet(stages, block, num_classes, **kw)
     else:
-        net = ref.BinaryResNetRef(stages, num_classes, variant=fam, **kw)
+        net = ref.BinaryResNetRef(stages, num_classes, variant={"bbc": "bireal", "reactnet": "reactnet"}[layout], **kw)
     ref.randomize_batch_norm(net)
     return net
 
@@ -100,21 +100,32 @@ def test_round_trip_is_exact(name):
     net = reference(name, stages, 7, **TINY)
     sd = net.state_dict()
     back = convert.to_torch(name, convert.from_torch(name, sd, stage_sizes=stages, **TINY))
-    assert list(back) == list(sd) or set(back) == set(sd)
+    # The same keys (to_torch writes them in Flax's order; load_state_dict does not care).
+    assert sorted(back) == sorted(sd)
     for k, v in sd.items():
         assert back[k].shape == v.shape, k
         assert torch.equal(back[k], v), k
+    fresh = reference(name, stages, 7, **TINY)
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    fresh.load_state_dict(back, strict=True)
+    assert all(torch.equal(a, sd[k]) for k, a in fresh.state_dict().items())
 
 
 def test_full_size_key_sets_match_the_originals():
     """The complete expected key set of the 224 px networks: official BBC and torchvision names."""
-    keys = {convert.torch_key(p, "bireal") for p in convert.expected_variables("bireal_resnet18")}
+    keys = {convert.torch_key(p, "bbc") for p in convert.expected_variables("bireal_resnet18")}
     assert len(keys) == len([k for k in ref.BinaryResNetRef((4, 4, 4, 4)).state_dict()
                              if not k.endswith("num_batches_tracked")])
     assert {"meta_net.network.Linear0.weight", "layer2.0.downsample.1.weight", "layer4.3.binary_conv.weights",
             "nonlinear.weight", "fc.bias"} <= keys
-    tv = {convert.torch_key(p, "resnet") for p in convert.expected_variables("resnet34")}
+    tv = {convert.torch_key(p, "torchvision") for p in convert.expected_variables("resnet34")}
     assert tv == {k for k in ref.TorchvisionResNet((3, 4, 6, 3)).state_dict() if not k.endswith("num_batches_tracked")}
+    react = {convert.torch_key(p, "reactnet") for p in convert.expected_variables("reactnet_resnet18")}
+    assert react == {k for k in ref.BinaryResNetRef((4, 4, 4, 4), variant="reactnet").state_dict()
+                     if not k.endswith("num_batches_tracked")}
+    with pytest.raises(ValueError, match="unknown PyTorch layout 'resnet'"):
+        convert.torch_key(("params", "fc", "kernel"), "resnet")
 
 
 def _tiny_sd():

@@ -1,18 +1,30 @@
-"""ResNets: full-precision ones in torchvision's structure, and the binary Bi-Real/BBC and
-ReActNet ResNets of the paper's ImageNet results.
+"""ResNet backbones: full-precision ones in torchvision's structure (He et al., arXiv 1512.03385),
+and the binary Bi-Real/BBC (Liu et al., arXiv 1808.00278; He et al., arXiv 2205.07433) and
+ReActNet (Liu et al., arXiv 2003.03488) ResNets of the paper's ImageNet results.
+
+Built from injected layers, as the flax ImageNet example: a backbone makes ``conv`` and ``norm``
+partials (dtype, initialiser, train mode bound) and hands them to its blocks; one stem and stage
+loop (``_ResNetBase``) serves both families, which differ only in their blocks and stem
+activation. A backbone returns one feature map per stage; heads sit on top
+(``mlpbnn.models.heads.Classifier``: global average pool + ``fc``).
 
 Module names follow the PyTorch originals with ``.`` written as ``_`` before an index
 (``layer1.0.bn1`` is ``layer1_0/bn1``), so ``mlpbnn.convert`` maps names by rule. All padding
-is explicit and symmetric, BN uses PyTorch's epsilon (1e-5) and momentum (0.1, i.e. Flax 0.9).
-Inputs are NHWC images; ``__call__(x, train, progress)`` returns logits in at least float32
-whatever the compute ``dtype`` (the loss is computed in float32 even under bfloat16).
+is explicit and symmetric; BN is ``mlpbnn.layers.BatchNorm`` with PyTorch's epsilon (1e-5),
+momentum (0.1, i.e. 0.9 in Flax's convention) and unbiased running variance.
+
+Mixed precision (``dtype=bfloat16``): convolutions compute in ``dtype``; BatchNorm, and so the
+shortcut stream, the ReLU/PReLU after it and the feature maps, stay float32. Bi-Real's shortcuts
+carry what the binary convs lose, and rounding them to bf16 at every block flips the signs of
+pre-sign values near zero: measured on digits, the loss of a bf16 step then differs from float32
+by 0.026 instead of 0.005.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -23,6 +35,7 @@ from mlpbnn.conv import conv_general_dilated
 from mlpbnn.estimators import Estimator
 
 Array = jax.Array
+ModuleDef = Callable[..., nn.Module]  # a Module class or a functools.partial of one
 
 # PyTorch's default init for conv and linear weights (kaiming_uniform with a=sqrt(5)):
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); torchvision's ResNet convs use kaiming_normal(fan_out).
@@ -30,10 +43,13 @@ torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unif
 torchvision_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def torch_bias_init(fan_in: int):
+def torch_bias_init(fan_in: int) -> Callable[..., Array]:
+    """PyTorch's default bias init of a layer with ``fan_in`` inputs: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / fan_in ** 0.5
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
+
+CONV_INITS = {"torch_default": torch_default_init, "torchvision": torchvision_conv_init}
 
 BINARY_INITS = {
     "xavier": nn.initializers.xavier_uniform(),  # official BBC MetaConv2d
@@ -41,57 +57,44 @@ BINARY_INITS = {
 }
 
 
-def _at_least_f32(dtype: Any) -> Any:
-    """float32 for bf16/f32 compute, float64 for f64 (parity tests in float64)."""
-    return jnp.promote_types(dtype, jnp.float32)
+def conv_partial(dtype: Any, kernel_init: Callable[..., Array]) -> ModuleDef:
+    """Flax's Conv (parameter ``kernel``, HWIO, no bias) computing in ``dtype`` through
+    ``mlpbnn.conv``: on the CPU backend its weight gradient is im2col matmuls instead of
+    XLA:CPU's slow convolution gradient. Called as ``conv(features, (k, k), strides, padding)``."""
+    return functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                             kernel_init=kernel_init, conv_general_dilated=conv_general_dilated)
 
 
-def _norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    # Two-pass variance as PyTorch: the fast E[x^2] - E[x]^2 cancels badly when |mean| >> std.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        use_fast_variance=False,
-                        param_dtype=jnp.float32, name=name,
-                        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones)
+def norm_partial(train: bool, dtype: Any) -> ModuleDef:
+    """PyTorch's BatchNorm2d defaults; computes in at least float32 whatever ``dtype``."""
+    return functools.partial(L.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=dtype, param_dtype=jnp.float32)
 
 
-def _conv(features: int, kernel: int, strides: int, padding: int, name: str, dtype: Any,
-          init=torchvision_conv_init) -> nn.Conv:
-    # Flax's Conv (parameter ``kernel``, HWIO) computing through mlpbnn.conv: on the CPU backend
-    # its weight gradient is im2col matmuls instead of XLA:CPU's slow convolution gradient.
-    return nn.Conv(features, (kernel, kernel), (strides, strides), ((padding, padding),) * 2,
-                   use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, name=name,
-                   conv_general_dilated=conv_general_dilated)
-
-
-def _logits(x: Array, num_classes: int, fan_in: int, dtype: Any) -> Array:
-    fc = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_default_init,
-                  bias_init=torch_bias_init(fan_in), name="fc")
-    y = fc(x)
-    return y.astype(jnp.promote_types(y.dtype, jnp.float32))
-
-
-# -------------------------------------------------------------------------- full precision
+# -------------------------------------------------------------------------- blocks
+# Every block is called as block(x, progress); the full-precision ones ignore progress.
 
 
 class BasicBlock(nn.Module):
     """torchvision BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
 
     planes: int
+    conv: ModuleDef
+    norm: ModuleDef
     strides: int = 1
     downsample: bool = False
     zero_init_residual: bool = False
-    dtype: Any = jnp.float32
-    expansion = 1
+    expansion: ClassVar[int] = 1
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        out = _conv(self.planes, 3, self.strides, 1, "conv1", self.dtype)(x)
-        out = nn.relu(_norm(train, self.dtype, "bn1")(out))
-        out = _conv(self.planes, 3, 1, 1, "conv2", self.dtype)(out)
-        out = _norm(train, self.dtype, "bn2", self.zero_init_residual)(out)
+    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
+        out = self.conv(self.planes, (3, 3), self.strides, 1, name="conv1")(x)
+        out = nn.relu(self.norm(name="bn1")(out))
+        out = self.conv(self.planes, (3, 3), 1, 1, name="conv2")(out)
+        out = self.norm(name="bn2", scale_init=_last_scale_init(self.zero_init_residual))(out)
         if self.downsample:
-            x = _conv(self.planes, 1, self.strides, 0, "downsample_0", self.dtype)(x)
-            x = _norm(train, self.dtype, "downsample_1")(x)
+            x = self.conv(self.planes, (1, 1), self.strides, 0, name="downsample_0")(x)
+            x = self.norm(name="downsample_1")(x)
         return nn.relu(out + x)
 
 
@@ -99,64 +102,28 @@ class Bottleneck(nn.Module):
     """torchvision Bottleneck (ResNet v1.5: the stride sits on the 3x3 conv)."""
 
     planes: int
+    conv: ModuleDef
+    norm: ModuleDef
     strides: int = 1
     downsample: bool = False
     zero_init_residual: bool = False
-    dtype: Any = jnp.float32
-    expansion = 4
+    expansion: ClassVar[int] = 4
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        out = nn.relu(_norm(train, self.dtype, "bn1")(_conv(self.planes, 1, 1, 0, "conv1", self.dtype)(x)))
-        out = _conv(self.planes, 3, self.strides, 1, "conv2", self.dtype)(out)
-        out = nn.relu(_norm(train, self.dtype, "bn2")(out))
-        out = _conv(self.planes * 4, 1, 1, 0, "conv3", self.dtype)(out)
-        out = _norm(train, self.dtype, "bn3", self.zero_init_residual)(out)
+    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
+        out = nn.relu(self.norm(name="bn1")(self.conv(self.planes, (1, 1), 1, 0, name="conv1")(x)))
+        out = self.conv(self.planes, (3, 3), self.strides, 1, name="conv2")(out)
+        out = nn.relu(self.norm(name="bn2")(out))
+        out = self.conv(self.planes * 4, (1, 1), 1, 0, name="conv3")(out)
+        out = self.norm(name="bn3", scale_init=_last_scale_init(self.zero_init_residual))(out)
         if self.downsample:
-            x = _conv(self.planes * 4, 1, self.strides, 0, "downsample_0", self.dtype)(x)
-            x = _norm(train, self.dtype, "downsample_1")(x)
+            x = self.conv(self.planes * 4, (1, 1), self.strides, 0, name="downsample_0")(x)
+            x = self.norm(name="downsample_1")(x)
         return nn.relu(out + x)
 
 
-class ResNet(nn.Module):
-    """Full-precision ResNet with torchvision's structure and parameter names.
-
-    ``small_inputs``: 3x3 stride-1 stem without max-pool, for 8-64 px images.
-    """
-
-    stage_sizes: Sequence[int]
-    block: str = "basic"
-    num_classes: int = 1000
-    width: int = 64
-    small_inputs: bool = False
-    zero_init_residual: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False, progress: Array | float | None = None) -> Array:
-        block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.block]
-        x = x.astype(self.dtype)
-        if self.small_inputs:
-            x = _conv(self.width, 3, 1, 1, "conv1", self.dtype)(x)
-        else:
-            x = _conv(self.width, 7, 2, 3, "conv1", self.dtype)(x)
-        x = nn.relu(_norm(train, self.dtype, "bn1")(x))
-        if not self.small_inputs:
-            x = L.MaxPool(3, 2, 1, name="maxpool")(x)
-        inplanes = self.width
-        for i, n_blocks in enumerate(self.stage_sizes):
-            planes = self.width * 2 ** i
-            for j in range(n_blocks):
-                strides = 2 if i > 0 and j == 0 else 1
-                downsample = j == 0 and (strides != 1 or inplanes != planes * block_cls.expansion)
-                x = block_cls(planes, strides, downsample, self.zero_init_residual, self.dtype,
-                              name=f"layer{i + 1}_{j}")(x, train)
-                inplanes = planes * block_cls.expansion
-        x = L.GlobalAvgPool(name="avgpool")(x)
-        return _logits(x, self.num_classes, inplanes, self.dtype)
-
-
-# -------------------------------------------------------------------------- binary
+def _last_scale_init(zero: bool) -> Callable[..., Array]:
+    return nn.initializers.zeros if zero else nn.initializers.ones
 
 
 class BinaryBlock(nn.Module):
@@ -167,39 +134,31 @@ class BinaryBlock(nn.Module):
                           (move0 + sign is RSign; move1, PReLU, move2 is RPReLU)
     shortcut with downsampling: AvgPool(2, stride) -> real 1x1 conv -> BN, as
     ``downsample.0/1/2`` in the official code.
+
+    ``binary_conv`` is a ``BinaryConv`` partial with the estimators, shared thetas and weight
+    options bound; ``conv`` the real conv of the shortcut.
     """
 
     planes: int
-    strides: int
-    downsample: bool
-    variant: str
-    activation_estimator: Estimator | None
-    weight_estimator: Estimator | None
-    input_theta: L.EstimatorParams | None
-    weight_theta: L.EstimatorParams | None
-    weight_norm: str
-    weight_scale: str
-    scale_in_backward: bool
-    binary_init: str
-    pad_value: float
-    dtype: Any
+    conv: ModuleDef
+    norm: ModuleDef
+    binary_conv: ModuleDef
+    strides: int = 1
+    downsample: bool = False
+    variant: str = "bireal"
+    expansion: ClassVar[int] = 1
 
     @nn.compact
-    def __call__(self, x: Array, train: bool, progress: Array | float | None) -> Array:
+    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
         out = L.LearnableBias(name="move0")(x) if self.variant == "reactnet" else x
-        out = L.BinaryConv(self.planes, 3, self.strides, 1, pad_value=self.pad_value,
-                           input_estimator=self.activation_estimator, weight_estimator=self.weight_estimator,
-                           input_theta=self.input_theta, weight_theta=self.weight_theta,
-                           weight_norm=self.weight_norm, weight_scale=self.weight_scale,
-                           scale_in_backward=self.scale_in_backward, dtype=self.dtype,
-                           kernel_init=BINARY_INITS[self.binary_init], name="binary_conv")(out, progress)
-        out = _norm(train, _at_least_f32(self.dtype), "bn1")(out)
+        out = self.binary_conv(self.planes, 3, self.strides, 1, name="binary_conv")(out, progress)
+        out = self.norm(name="bn1")(out)
         residual = x
         if self.downsample:
             if self.strides > 1:
                 residual = L.AvgPool(2, self.strides, name="downsample_0")(residual)
-            residual = _conv(self.planes, 1, 1, 0, "downsample_1", self.dtype, torch_default_init)(residual)
-            residual = _norm(train, _at_least_f32(self.dtype), "downsample_2")(residual)
+            residual = self.conv(self.planes, (1, 1), 1, 0, name="downsample_1")(residual)
+            residual = self.norm(name="downsample_2")(residual)
         out = out + residual
         if self.variant == "reactnet":
             out = L.LearnableBias(name="move1")(out)
@@ -208,14 +167,82 @@ class BinaryBlock(nn.Module):
         return L.PReLU(name="nonlinear")(out)
 
 
-class BinaryResNet(nn.Module):
-    """Binary ResNet of the Bi-Real family: real stem and head, binary 3x3 convs.
+# -------------------------------------------------------------------------- backbones
 
-    Mixed precision (``dtype=bfloat16``): the convolutions compute in ``dtype`` (a binary conv's
-    +-1 inputs are exact in bf16), while BatchNorm, the real-valued shortcut stream and PReLU stay
-    float32. Bi-Real's shortcuts carry what the binary convs lose, and rounding them to bf16 at
-    every block flips the signs of pre-sign values near zero: measured on digits, the loss of a
-    bf16 step then differs from float32 by 0.026 instead of 0.005.
+
+class _ResNetBase(nn.Module):
+    """The stem and stage loop of every ResNet here; subclasses give the blocks and the stem's
+    activation.
+
+    Stem: conv1 (7x7 stride 2, or 3x3 stride 1 with ``small_inputs`` for 8-64 px images), bn1,
+    activation, max-pool (not with ``small_inputs``). Stage i has ``stage_sizes[i]`` blocks of
+    ``width * 2**i`` planes, the first of stages 2+ with stride 2. Returns the output of every
+    stage, in order.
+    """
+
+    stage_sizes: Sequence[int]
+    width: int = 64
+    small_inputs: bool = False
+    dtype: Any = jnp.float32
+
+    conv_init: ClassVar[str] = "torch_default"  # key of CONV_INITS: the real convs' initialiser
+
+    def make_block(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int]:
+        """The block partial (called as ``block(planes, strides=, downsample=, name=)``) and its
+        expansion."""
+        raise NotImplementedError
+
+    def stem_activation(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False, progress: Array | float | None = None) -> tuple[Array, ...]:
+        if not self.stage_sizes:
+            raise ValueError("stage_sizes must name at least one stage")
+        conv = conv_partial(self.dtype, CONV_INITS[self.conv_init])
+        norm = norm_partial(train, self.dtype)
+        block, expansion = self.make_block(conv, norm)
+        x = x.astype(self.dtype)
+        kernel, strides, padding = (3, 1, 1) if self.small_inputs else (7, 2, 3)
+        x = conv(self.width, (kernel, kernel), strides, padding, name="conv1")(x)
+        x = self.stem_activation(norm(name="bn1")(x))
+        if not self.small_inputs:
+            x = L.MaxPool(3, 2, 1, name="maxpool")(x)
+        features = []
+        inplanes = self.width
+        for i, n_blocks in enumerate(self.stage_sizes):
+            planes = self.width * 2 ** i
+            for j in range(n_blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                downsample = j == 0 and (strides != 1 or inplanes != planes * expansion)
+                x = block(planes, strides=strides, downsample=downsample, name=f"layer{i + 1}_{j}")(x, progress)
+                inplanes = planes * expansion
+            features.append(x)
+        return tuple(features)
+
+
+class ResNetBackbone(_ResNetBase):
+    """Full-precision ResNet with torchvision's structure and parameter names; ``block`` 'basic'
+    (ResNet-18/34) or 'bottleneck' (ResNet-50)."""
+
+    block: str = "basic"
+    zero_init_residual: bool = False
+
+    conv_init: ClassVar[str] = "torchvision"
+
+    def make_block(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int]:
+        blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
+        if self.block not in blocks:
+            raise ValueError(f"block must be one of {sorted(blocks)}, got {self.block!r}")
+        cls = blocks[self.block]
+        return functools.partial(cls, conv=conv, norm=norm, zero_init_residual=self.zero_init_residual), cls.expansion
+
+    def stem_activation(self, x: Array) -> Array:
+        return nn.relu(x)
+
+
+class BinaryResNetBackbone(_ResNetBase):
+    """Binary ResNet of the Bi-Real family: real stem, binary 3x3 convs, real 1x1 shortcuts.
 
     variant 'bireal' is the official BBC network (PReLU after the stem and after every add);
     'reactnet' adds ReActNet's learnable shifts (RSign, RPReLU) and has Bi-Real's stem
@@ -223,10 +250,6 @@ class BinaryResNet(nn.Module):
     is False (then each binary conv has its own).
     """
 
-    stage_sizes: Sequence[int]
-    num_classes: int = 1000
-    width: int = 64
-    small_inputs: bool = False
     variant: str = "bireal"
     activation_estimator: Estimator | None = None
     weight_estimator: Estimator | None = None
@@ -236,44 +259,26 @@ class BinaryResNet(nn.Module):
     scale_in_backward: bool = True
     binary_init: str = "xavier"
     pad_value: float = 0.0
-    dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False, progress: Array | float | None = None) -> Array:
+    def make_block(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int]:
         if self.variant not in ("bireal", "reactnet"):
             raise ValueError(f"variant must be 'bireal' or 'reactnet', got {self.variant!r}")
         if self.binary_init not in BINARY_INITS:
             raise ValueError(f"binary_init must be one of {sorted(BINARY_INITS)}, got {self.binary_init!r}")
-        shared = functools.partial(_shared_theta, self.share_estimator)
-        input_theta = shared(self.activation_estimator, "input_estimator")
-        weight_theta = shared(self.weight_estimator, "weight_estimator")
-        x = x.astype(self.dtype)
-        if self.small_inputs:
-            x = _conv(self.width, 3, 1, 1, "conv1", self.dtype, torch_default_init)(x)
-        else:
-            x = _conv(self.width, 7, 2, 3, "conv1", self.dtype, torch_default_init)(x)
-        x = _norm(train, _at_least_f32(self.dtype), "bn1")(x)
-        if self.variant == "bireal":
-            x = L.PReLU(name="nonlinear")(x)
-        if not self.small_inputs:
-            x = L.MaxPool(3, 2, 1, name="maxpool")(x)
-        inplanes = self.width
-        for i, n_blocks in enumerate(self.stage_sizes):
-            planes = self.width * 2 ** i
-            for j in range(n_blocks):
-                strides = 2 if i > 0 and j == 0 else 1
-                downsample = j == 0 and (strides != 1 or inplanes != planes)
-                x = BinaryBlock(planes, strides, downsample, self.variant, self.activation_estimator,
-                                self.weight_estimator, input_theta, weight_theta, self.weight_norm,
-                                self.weight_scale, self.scale_in_backward, self.binary_init, self.pad_value,
-                                self.dtype,
-                                name=f"layer{i + 1}_{j}")(x, train, progress)
-                inplanes = planes
-        x = L.GlobalAvgPool(name="avgpool")(x)
-        return _logits(x, self.num_classes, inplanes, self.dtype)
+        binary_conv = functools.partial(
+            L.BinaryConv, pad_value=self.pad_value, dtype=self.dtype,
+            input_estimator=self.activation_estimator, weight_estimator=self.weight_estimator,
+            input_theta=self._shared_theta(self.activation_estimator, "input_estimator"),
+            weight_theta=self._shared_theta(self.weight_estimator, "weight_estimator"),
+            weight_norm=self.weight_norm, weight_scale=self.weight_scale,
+            scale_in_backward=self.scale_in_backward, kernel_init=BINARY_INITS[self.binary_init])
+        block = functools.partial(BinaryBlock, conv=conv, norm=norm, binary_conv=binary_conv, variant=self.variant)
+        return block, BinaryBlock.expansion
 
+    def _shared_theta(self, estimator: Estimator | None, name: str) -> L.EstimatorParams | None:
+        if not self.share_estimator or estimator is None or not estimator.learnable:
+            return None
+        return L.EstimatorParams(estimator, name=name)
 
-def _shared_theta(share: bool, estimator: Estimator | None, name: str) -> L.EstimatorParams | None:
-    if not share or estimator is None or not estimator.learnable:
-        return None
-    return L.EstimatorParams(estimator, name=name)
+    def stem_activation(self, x: Array) -> Array:
+        return L.PReLU(name="nonlinear")(x) if self.variant == "bireal" else x
