@@ -1,5 +1,7 @@
-"""Where the sign is applied: binary convolution and dense layers, and the small real layers
-around them (LearnableBias, PReLU, RPReLU, a PyTorch-faithful BatchNorm).
+"""Where the sign is applied: binary convolution and dense layers, the small real layers around
+them (LearnableBias, PReLU, RPReLU, a PyTorch-faithful BatchNorm), and the tools that find the
+binary layers of a model and read their +-1 weights (``binary_layer_paths``, ``weight_signs``,
+``flip_ratio``).
 
 A binary layer computes ``conv(q_in(x), alpha * q_w(normalize(W)))`` with
 
@@ -19,6 +21,11 @@ Layout is NHWC with HWIO kernels; convolutions go through ``mlpbnn.conv.conv2d``
 forward, a fast im2col weight gradient on the CPU backend). Padding is explicit (PyTorch parity:
 Flax 'SAME' pads stride-2 convolutions asymmetrically) and its value may be 0 or +-1
 (binary-exact XNOR inference needs +-1 padding).
+
+A layer is *binary* when its kernel goes through a weight estimator; it then computes its +-1
+weights in its method ``binary_weights``. ``binary_layer_paths`` and ``weight_signs`` intercept
+that method (``flax.linen.intercept_methods``), so they follow whatever the model does and use
+each layer's own estimator (e.g. the ``classifier`` estimator's argmax, which is not ``sign``).
 """
 
 from __future__ import annotations
@@ -90,6 +97,37 @@ def _scale_forward_only_bwd(alpha, g):
 _scale_forward_only.defvjp(_scale_forward_only_fwd, _scale_forward_only_bwd)
 
 
+def _check_weight_options(weight_norm: str, weight_scale: str) -> None:
+    if weight_norm not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+    if weight_scale not in WEIGHT_SCALES:
+        raise ValueError(f"weight_scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
+
+
+def normalize_weights(kernel: Array, weight_norm: str) -> Array:
+    """The latent weights the estimator sees: ``kernel`` centred or standardised per output channel
+    (the last axis), or as it is."""
+    axes = tuple(range(kernel.ndim - 1))
+    w = kernel
+    if weight_norm in ("center", "standardize"):
+        w = w - jnp.mean(w, axis=axes, keepdims=True)
+    if weight_norm == "standardize":
+        # torch's Tensor.std is unbiased (IR-Net); the epsilon guards all-equal channels.
+        w = w / (jnp.std(w, axis=axes, keepdims=True, ddof=1) + 1e-12)
+    return w
+
+
+def scale_weights(w: Array, wb: Array, weight_scale: str, scale_in_backward: bool = True) -> Array:
+    """alpha * wb with the per-output-channel alpha of the normalised latent weights ``w``."""
+    if weight_scale == "none":
+        return wb
+    axes = tuple(range(w.ndim - 1))
+    alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
+    if weight_scale == "pow2":
+        alpha = 2.0 ** jnp.round(jnp.log2(alpha))
+    return alpha * wb if scale_in_backward else _scale_forward_only(alpha, wb)
+
+
 def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
                      progress: Array | float | None, *, weight_norm: str = "center",
                      weight_scale: str = "mean", scale_in_backward: bool = True) -> Array:
@@ -101,26 +139,21 @@ def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
     With ``estimator=None`` the weights are real and used as they are (no normalisation, no
     scale), as in the first stage of two-stage training.
     """
-    if weight_norm not in WEIGHT_NORMS:
-        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
-    if weight_scale not in WEIGHT_SCALES:
-        raise ValueError(f"weight_scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
+    _check_weight_options(weight_norm, weight_scale)
     if estimator is None:
         return kernel
-    axes = tuple(range(kernel.ndim - 1))
-    w = kernel
-    if weight_norm in ("center", "standardize"):
-        w = w - jnp.mean(w, axis=axes, keepdims=True)
-    if weight_norm == "standardize":
-        # torch's Tensor.std is unbiased (IR-Net); the epsilon guards all-equal channels.
-        w = w / (jnp.std(w, axis=axes, keepdims=True, ddof=1) + 1e-12)
-    wb = estimator(theta, w, progress)
-    if weight_scale == "none":
-        return wb
-    alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
-    if weight_scale == "pow2":
-        alpha = 2.0 ** jnp.round(jnp.log2(alpha))
-    return alpha * wb if scale_in_backward else _scale_forward_only(alpha, wb)
+    w = normalize_weights(kernel, weight_norm)
+    return scale_weights(w, estimator(theta, w, progress), weight_scale, scale_in_backward)
+
+
+def _layer_weights(layer: BinaryConv | BinaryDense, kernel: Array, theta: Theta,
+                   progress: Array | float | None) -> Array:
+    """``binarize_weights`` of a binary layer, its +-1 weights computed by its ``binary_weights``."""
+    _check_weight_options(layer.weight_norm, layer.weight_scale)
+    if layer.weight_estimator is None:
+        return kernel
+    w = normalize_weights(kernel, layer.weight_norm)
+    return scale_weights(w, layer.binary_weights(w, theta, progress), layer.weight_scale, layer.scale_in_backward)
 
 
 def _pairs(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
@@ -190,14 +223,17 @@ class BinaryConv(nn.Module):
         theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
         if self.input_estimator is not None:
             x = self.input_estimator(theta_in, x, progress)
-        w = binarize_weights(kernel, self.weight_estimator, theta_w, progress,
-                             weight_norm=self.weight_norm, weight_scale=self.weight_scale,
-                             scale_in_backward=self.scale_in_backward)
+        w = _layer_weights(self, kernel, theta_w, progress)
         x = pad_nhwc(x.astype(self.dtype), padding, self.pad_value)
         y = conv_nhwc(x, w.astype(self.dtype), strides)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
         return y
+
+    def binary_weights(self, w: Array, theta: Theta, progress: Array | float | None = None) -> Array:
+        """The forward +-1 weights q_w(w) of the normalised latent weights ``w`` (before the scale);
+        the method ``binary_layer_paths`` and ``weight_signs`` intercept."""
+        return self.weight_estimator(theta, w, progress)
 
 
 def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
@@ -233,13 +269,15 @@ class BinaryDense(nn.Module):
         theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
         if self.input_estimator is not None:
             x = self.input_estimator(theta_in, x, progress)
-        w = binarize_weights(kernel, self.weight_estimator, theta_w, progress,
-                             weight_norm=self.weight_norm, weight_scale=self.weight_scale,
-                             scale_in_backward=self.scale_in_backward)
+        w = _layer_weights(self, kernel, theta_w, progress)
         y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
         return y
+
+    def binary_weights(self, w: Array, theta: Theta, progress: Array | float | None = None) -> Array:
+        """As ``BinaryConv.binary_weights``."""
+        return self.weight_estimator(theta, w, progress)
 
 
 class LearnableBias(nn.Module):
@@ -381,3 +419,64 @@ class GlobalAvgPool(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         return jnp.mean(x, axis=(1, 2))
+
+
+# ------------------------------------------------------------------------------ binary layers of a model
+
+_BINARY_WEIGHTS_METHOD = "binary_weights"
+
+
+def _path(module: nn.Module) -> str:
+    return "/".join(module.path)
+
+
+def binary_layer_paths(model: nn.Module, *args: Any, **kwargs: Any) -> set[str]:
+    """Module paths (``'layer1_0/binary_conv'``) of the layers of ``model`` whose kernel is binarized.
+
+    Traces ``model.init(key, *args, **kwargs)`` with ``jax.eval_shape`` (no computation; ``args``
+    may be arrays or ``jax.ShapeDtypeStruct``) and records every layer that computes +-1 weights
+    (calls ``binary_weights``). A root-level binary layer has the path ``''``.
+    """
+    paths: set[str] = set()
+
+    def interceptor(next_fun, call_args, call_kwargs, context):
+        if context.method_name == _BINARY_WEIGHTS_METHOD:
+            paths.add(_path(context.module))
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a, **kwargs), *args)
+    return paths
+
+
+def weight_signs(model: nn.Module, variables: Any, *args: Any, **kwargs: Any) -> dict[str, Array]:
+    """The forward +-1 weights of every binary layer of ``model``, by module path.
+
+    Each layer computes them itself (its estimator with its theta, its weight normalisation:
+    the ``classifier`` estimator's argmax, ``sign(0)`` as configured), before the per-channel
+    scale. ``args``/``kwargs`` are a call of the model (an example input, e.g. one image;
+    ``train=False`` by the models' default). Runs ``model.apply`` and returns only the weights:
+    inside ``jax.jit`` XLA removes the rest of the forward pass as dead code.
+    """
+    signs: dict[str, Array] = {}
+
+    def interceptor(next_fun, call_args, call_kwargs, context):
+        out = next_fun(*call_args, **call_kwargs)
+        if context.method_name == _BINARY_WEIGHTS_METHOD:
+            signs[_path(context.module)] = out
+        return out
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, *args, **kwargs)
+    return signs
+
+
+def flip_ratio(old_signs: dict[str, Array], new_signs: dict[str, Array]) -> Array:
+    """Fraction of binary weights whose forward value changed between two ``weight_signs``
+    results (larq's FlipRatio metric); 0 for a model without binary weights."""
+    if old_signs.keys() != new_signs.keys():
+        raise ValueError(f"different binary layers: {sorted(old_signs)} vs {sorted(new_signs)}")
+    if not old_signs:
+        return jnp.zeros((), jnp.float32)
+    flips = sum(jnp.sum(old_signs[k] != new_signs[k]) for k in old_signs)
+    return flips.astype(jnp.float32) / sum(a.size for a in old_signs.values())

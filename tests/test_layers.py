@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlpbnn import complexity, models
 from mlpbnn import estimators as E
 from mlpbnn import layers as L
 from tests import torch_reference as ref
@@ -322,3 +323,100 @@ def test_prelu_gradient_at_zero_matches_torch():
     # x = [[-1.5, 0, 2], [0, -0, 0.5]]: the slope times g at the three zeros, not g.
     np.testing.assert_allclose(np.asarray(dx).reshape(2, 3), [[0.1, -0.6, -1.0], [0.05, -0.9, 1.0]], rtol=1e-6)
 
+
+# ------------------------------------------------------------------------------ binary layers of a model
+
+TINY = {"width": 8, "small_inputs": True, "stage_sizes": (1, 1, 1, 1)}
+
+
+@pytest.mark.parametrize("name", [n for n in models.names() if models.info(n).binary])
+@pytest.mark.parametrize("kw", [TINY, {}], ids=["tiny", "default"])
+def test_binary_layer_paths_equal_the_complexity_count(name, kw):
+    """The layers the complexity count gives 1-bit parameters (the trainer's former source)."""
+    model = models.create(name, 10, **kw)
+    shape = (32, 32, 3)
+    old = {layer.path for layer in complexity.count(model, shape).layers if layer.params_1bit}
+    found = L.binary_layer_paths(model, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    assert found == old
+    stages = model.backbone.stage_sizes
+    assert found == {f"layer{i + 1}_{j}/binary_conv" for i, n in enumerate(stages) for j in range(n)}
+
+
+def test_binary_layer_paths_of_real_models_and_stages():
+    x = jnp.zeros((1, 12, 12, 3))
+    assert L.binary_layer_paths(models.create("resnet18", 10, **TINY), x) == set()
+    # Two-stage training's first stage: binary activations, real weights.
+    assert L.binary_layer_paths(models.create("bireal_resnet18", 10, weight_estimator=None, **TINY), x) == set()
+    # Binary weights, real activations: still binary kernels.
+    assert len(L.binary_layer_paths(models.create("bireal_resnet18", 10, activation_estimator=None, **TINY), x)) == 4
+    assert L.binary_layer_paths(_TwoConvs(True), jnp.ones((1, 5, 5, 3))) == {"BinaryConv_0", "BinaryConv_1"}
+    dense = L.BinaryDense(3, weight_estimator=E.get("ste"))
+    assert L.binary_layer_paths(dense, jnp.ones((2, 4))) == {""}  # the root module
+
+
+def test_weight_signs_are_each_layers_forward():
+    model = models.create("bireal_resnet18", 10, **TINY)  # centred weights, MLP estimator (forward sign)
+    x = jnp.zeros((1, 12, 12, 3))
+    v = model.init(jax.random.key(0), x)
+    signs = jax.jit(lambda variables: L.weight_signs(model, variables, x))(v)
+    assert set(signs) == L.binary_layer_paths(model, x)
+    for path, s in signs.items():
+        k = np.asarray(v["params"][path.split("/")[0]]["binary_conv"]["kernel"])
+        np.testing.assert_array_equal(np.asarray(s), np.where(k - k.mean(axis=(0, 1, 2)) >= 0, 1.0, -1.0))
+    reactnet = models.create("reactnet_resnet18", 10, **TINY)  # no centring
+    v = reactnet.init(jax.random.key(0), x)
+    v["params"]["layer1_0"]["binary_conv"]["kernel"] -= 5e-4  # latent init U(0, 1e-3): half negative now
+    k = np.asarray(v["params"]["layer1_0"]["binary_conv"]["kernel"])
+    signs = jax.jit(lambda variables: L.weight_signs(reactnet, variables, x))(v)
+    np.testing.assert_array_equal(np.asarray(signs["layer1_0/binary_conv"]), np.where(k >= 0, 1.0, -1.0))
+
+
+def test_flip_ratio_uses_the_classifier_estimators_forward():
+    """The argmax ``classifier`` estimator (BBC's MetaConv_v3) decides the sign by comparing two
+    logits f(w) = w w0: with w0 = (1, -1) it outputs -sign(w). A theta update that swaps the
+    logits flips every weight while no latent weight changes sign."""
+    model = models.create("bireal_resnet18", 10, weight_estimator="classifier", **TINY)
+    x = jnp.zeros((1, 12, 12, 3))
+    v = model.init(jax.random.key(0), x)
+    v["estimator"]["weight_estimator"]["w0"] = jnp.array([[1.0, -1.0]])
+    old = L.weight_signs(model, v, x)
+    for path, s in old.items():
+        k = np.asarray(v["params"][path.split("/")[0]]["binary_conv"]["kernel"])
+        wc = k - k.mean(axis=(0, 1, 2))
+        np.testing.assert_array_equal(np.asarray(s), -np.sign(wc))  # disagrees with sign(w) everywhere
+    new_v = {**v, "estimator": {"weight_estimator": {"w0": jnp.array([[-1.0, 1.0]])}}}
+    assert float(L.flip_ratio(old, L.weight_signs(model, new_v, x))) == 1.0
+    # Flip some latent weights too: with the swapped logits, exactly those keep their forward value.
+    params = jax.tree.map(lambda a: a, new_v["params"])
+    kernel = params["layer1_0"]["binary_conv"]["kernel"]
+    params["layer1_0"]["binary_conv"]["kernel"] = kernel.at[0].set(-kernel[0])  # 1 of 3 rows of the 3x3
+    wc_old = np.asarray(kernel - kernel.mean(axis=(0, 1, 2)))
+    wc_new = np.asarray(params["layer1_0"]["binary_conv"]["kernel"])
+    wc_new = wc_new - wc_new.mean(axis=(0, 1, 2))
+    layer1_same = np.sum(-np.sign(wc_old) == np.sign(wc_new))
+    total = sum(a.size for a in old.values())
+    expected = 1.0 - layer1_same / total
+    got = jax.jit(lambda a, b: L.flip_ratio(L.weight_signs(model, a, x), L.weight_signs(model, b, x)))(
+        v, {**new_v, "params": params})
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
+def test_weight_signs_under_jit_compile_without_the_forward_pass():
+    model = models.create("bireal_resnet18", 10, **TINY)
+    x = jnp.zeros((1, 12, 12, 3))
+    v = model.init(jax.random.key(0), x)
+    f = jax.jit(lambda variables: L.weight_signs(model, variables, x))
+    hlo = f.lower(v).compile().as_text()
+    assert "convolution" not in hlo  # XLA removed the network's forward as dead code
+    for path, s in f(v).items():
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(L.weight_signs(model, v, x)[path]))
+
+
+def test_flip_ratio_values_and_errors():
+    a = {"a": jnp.array([1.0, -1.0, 1.0, 1.0]), "b": jnp.array([[1.0, 1.0], [-1.0, -1.0]])}
+    b = {"a": jnp.array([1.0, 1.0, 1.0, -1.0]), "b": jnp.array([[1.0, 1.0], [-1.0, 1.0]])}
+    assert float(L.flip_ratio(a, b)) == 3 / 8
+    assert float(L.flip_ratio(a, a)) == 0.0
+    assert float(L.flip_ratio({}, {})) == 0.0
+    with pytest.raises(ValueError, match="different binary layers"):
+        L.flip_ratio(a, {"a": a["a"]})
