@@ -6,12 +6,13 @@ WORKDIR ?= runs/digits
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup train test lint
+.PHONY: setup train test test-fast lint
 setup: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 train: setup
@@ -20,6 +21,10 @@ train: setup
 test: setup
 	$(PY) -m ruff check .
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
+
+test-fast: setup  # everything but the tests marked slow: under 5 minutes on a 2-core CPU
+	$(PY) -m ruff check .
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -m "not slow" tests
 
 lint: setup
 	$(PY) -m ruff check .

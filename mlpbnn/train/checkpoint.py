@@ -1,20 +1,35 @@
-"""Orbax checkpoints of the whole training state.
+"""Orbax checkpoints of the whole training state, in one ``CheckpointManager``.
 
-``workdir/checkpoints`` keeps the last k saves, ``workdir/best`` the one with the best eval
-metric. Each save has two items: ``state`` (params, batch stats, estimator theta, optimizer
-states, step, RNG) and ``meta`` (JSON: input position, stage, step). Saves are asynchronous and
-atomic (orbax finalises a temporary directory), so a run killed mid-save resumes from the last
-complete checkpoint.
+``workdir/checkpoints`` holds the last ``keep`` saves and the save with the best evaluation
+metric: orbax's preservation policies (``LatestN`` or ``BestN``) decide what stays, so a step
+that is both an evaluation and a checkpoint step is written once. Each save has two items:
+``state`` (params, batch stats, estimator theta, optimizer states, step, RNG) and ``meta`` (JSON:
+input position, stage, step); evaluation steps also carry their metrics. Saves are asynchronous
+and atomic (orbax finalises a temporary directory), so a run killed mid-save resumes from the
+last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class _NoMetricsNote(logging.Filter):
+    """Orbax warns at every save without metrics once a best_fn is set; ours are the plain
+    checkpoint steps between evaluations, by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsNote())
 
 
 def _abstract(tree: Any) -> Any:
@@ -22,50 +37,55 @@ def _abstract(tree: Any) -> Any:
 
 
 class Checkpoints:
-    def __init__(self, workdir: Path, keep: int, best_metric: str = ""):
+    """``keep`` latest saves plus the best by ``best_metric`` ('' keeps no best; ``best_mode``
+    'max' or 'min')."""
+
+    def __init__(self, workdir: Path, keep: int, best_metric: str = "", best_mode: str = "max"):
         self.directory = workdir / "checkpoints"
-        self.latest = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "meta"))
         self.best_metric = best_metric
-        self.best = None
+        keep_policies: list[Any] = [policies.LatestN(keep)]
         if best_metric:
-            self.best = ocp.CheckpointManager(
-                workdir / "best", item_names=("state", "meta"),
-                options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-                                                     best_mode="min" if best_metric == "loss" else "max"))
+            keep_policies.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
+                                                n=1, keep_checkpoints_without_metrics=False))
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(
+                create=True, preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+                # With a best_fn orbax writes each save's metrics to disk, where best_step() finds them
+                # after a restart; the preservation policy above decides what is kept.
+                best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode))
+        self.best_mode = best_mode
 
     def latest_step(self) -> int | None:
-        return self.latest.latest_step()
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The kept step with the best metric (None before the first evaluation or without a metric)."""
+        if not self.best_metric:
+            return None
+        scored = [(m[self.best_metric], s) for s in self.manager.all_steps()
+                  if (m := self.manager.metrics(s)) and self.best_metric in m]
+        return (max if self.best_mode == "max" else min)(scored)[1] if scored else None
 
     def restore_meta(self, step: int) -> dict[str, Any]:
-        return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
     def restore_state(self, step: int, template: Any) -> Any:
         """Restores onto ``template``'s shapes, dtypes and shardings."""
         target = flax.serialization.to_state_dict(template)
-        restored = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target))))
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(target))))
         return flax.serialization.from_state_dict(template, restored.state)
 
-    @staticmethod
-    def _args(state: Any, meta: dict[str, Any]) -> ocp.args.Composite:
-        return ocp.args.Composite(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+    def save(self, step: int, state: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+        """Saves ``state`` at ``step``; ``metrics`` (an evaluation's) make it a candidate for the best."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
                                   meta=ocp.args.JsonSave(meta))
-
-    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        self.latest.save(step, args=self._args(state, meta), force=True)
-
-    def save_best(self, step: int, state: Any, meta: dict[str, Any], metrics: dict[str, float]) -> None:
-        if self.best is not None:
-            self.best.save(step, args=self._args(state, meta), metrics={self.best_metric: metrics[self.best_metric]},
-                           force=True)
+        self.manager.save(step, args=args, metrics=dict(metrics) if metrics and self.best_metric else None,
+                          force=True)
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        if self.best is not None:
-            self.best.wait_until_finished()
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        if self.best is not None:
-            self.best.close()
+        self.manager.close()

@@ -6,7 +6,8 @@ and raises ``ConfigError`` naming the field and the valid choices.
 
 Top-level fields, as in flax's examples: ``seed``, ``batch_size`` (global, over all devices and
 hosts), ``num_train_steps`` (-1: from ``num_epochs``), ``log_every_steps``, ``eval_every_steps``,
-``checkpoint_every_steps``, and the groups ``model``, ``estimator``, ``data``, ``optimizer``,
+``checkpoint_every_steps``, ``task`` (``mlpbnn.tasks``), ``best_metric``, and the groups ``model``,
+``estimator``, ``data``, ``optimizer``,
 ``loss``, ``teacher``, ``two_stage``.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from mlpbnn import estimators, models
+from mlpbnn import estimators, models, tasks
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -65,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = -1          # -1: evaluate at the end only
     c.checkpoint_every_steps = 500   # also at the end; must be a multiple of log_every_steps
     c.keep_checkpoints = 3           # the last k in workdir/checkpoints
-    c.best_metric = "top1"           # eval metric whose best checkpoint is kept in workdir/best ('' off)
+    c.task = "classification"        # mlpbnn.tasks: what the loss, metrics and evaluation are
+    c.best_metric = "auto"           # eval metric whose best checkpoint is kept ('auto': the task's; '' none)
     c.dtype = "float32"              # compute dtype: bfloat16 keeps params, BN stats, estimator, loss f32
     c.num_devices = -1               # -1: every device of every host
     c.init_checkpoint = ""           # variables checkpoint to start from (python -m mlpbnn.convert ...)
@@ -138,10 +140,15 @@ def _check_optimizer(opt: Any, field: str) -> None:
         _fail(f"{field}.warmup_steps", f"must be >= 0, got {opt.warmup_steps}")
 
 
+def is_binary(model_name: str) -> bool:
+    return models.info(model_name).binary
+
+
 def model_kwargs(config: Any, stage_weights: str | None = None) -> dict[str, Any]:
-    """models.create kwargs from config.model and config.estimator (binary models only)."""
+    """models.create kwargs from config.model and config.estimator (binary models only); the
+    head's arguments come from the task."""
     kw = {k: v for k, v in config.model.items() if k != "name"}
-    if models.family(config.model.name) != "resnet":
+    if is_binary(config.model.name):
         kw["weight_estimator"] = config.estimator.weights if stage_weights is None else stage_weights
         kw["activation_estimator"] = config.estimator.activations
         kw["share_estimator"] = config.estimator.share
@@ -158,7 +165,7 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
         except ValueError as e:
             _fail(f"estimator.{field}", str(e))
     try:
-        models.create(config.model.name, 10, **model_kwargs(config))
+        models.create(config.model.name, **model_kwargs(config))
     except ValueError as e:
         _fail("model", str(e))
     _choice(config, "dtype", DTYPES)
@@ -195,8 +202,8 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
         _fail("optimizer.partitions", f"unknown partition(s) {extra}; valid: {', '.join(PARTITIONS)}")
     if not 0 <= config.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", f"must be in [0, 1), got {config.loss.label_smoothing}")
-    if config.best_metric not in ("", "top1", "top5", "loss"):
-        _fail("best_metric", f"{config.best_metric!r} is not valid; choose one of top1, top5, loss, ''")
+    if config.task not in tasks.names():
+        _fail("task", f"{config.task!r} is not valid; choose one of {', '.join(tasks.names())}")
     if config.teacher.checkpoint:
         path = Path(config.teacher.checkpoint)
         if not path.exists():
@@ -211,7 +218,7 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     if config.init_checkpoint and not Path(config.init_checkpoint).exists():
         _fail("init_checkpoint", f"{config.init_checkpoint} does not exist")
     if config.two_stage.enabled:
-        if models.family(config.model.name) == "resnet":
+        if not is_binary(config.model.name):
             _fail("two_stage.enabled", f"two-stage training needs a binary model, not {config.model.name!r}")
         if estimators.parse(config.estimator.weights) is None:
             _fail("two_stage.enabled", "stage two binarizes the weights: set estimator.weights")

@@ -1,8 +1,16 @@
-"""The training loop: config -> data -> mesh -> (stages of) model, optimizer, state -> steps,
-logging, exact evaluation, checkpoints; resumes from ``workdir`` when a checkpoint is there."""
+"""The training loop of any task: config -> data, task -> mesh -> (stages of) model, optimizer,
+state -> steps with periodic actions (log, evaluate, checkpoint); resumes from ``workdir`` when a
+checkpoint is there.
+
+``Trainer.run`` reads top to bottom: ``_restore`` finds where a previous run stopped,
+``_setup_stage`` builds one stage's model, optimizer, state and compiled steps, ``_train`` runs
+its steps, ``_periodic`` does what is due after a step, ``_finish`` evaluates and exports. One
+``ExitStack`` closes the progress bar, checkpoints and metric writer on every path.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -17,13 +25,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlpbnn import complexity, data, models
+from mlpbnn import complexity, data, models, tasks
+from mlpbnn import layers as L
 from mlpbnn.data.base import data_sharding, to_global
+from mlpbnn.tasks.base import local_rows
 from mlpbnn.train import optim
 from mlpbnn.train.checkpoint import Checkpoints
-from mlpbnn.train.config import ConfigError, model_kwargs, total_steps, validate
+from mlpbnn.train.config import ConfigError, is_binary, model_kwargs, total_steps, validate
 from mlpbnn.train.metrics import MetricWriter, parameter_overview
-from mlpbnn.train.step import TrainState, make_eval_step, make_train_step, replicated
+from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
 from mlpbnn.variables_io import load_variables, save_variables
 
 
@@ -48,6 +58,18 @@ def plan_stages(config: Any, total: int) -> list[Stage]:
             Stage(1, split, total, config.estimator.weights, None)]
 
 
+@dataclasses.dataclass
+class StageRun:
+    """What one stage trains with."""
+
+    stage: Stage
+    model: Any
+    state: TrainState
+    train_step: Any
+    eval_step: Any
+    schedules: dict[str, Any]
+
+
 def say(msg: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(msg)
@@ -58,14 +80,13 @@ def host(tree: Any) -> Any:
     return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
 
 
+def replicated(mesh: Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def make_mesh(config: Any) -> Mesh:
     devices = jax.devices() if config.num_devices == -1 else jax.devices()[: config.num_devices]
     return Mesh(np.asarray(devices), ("data",))
-
-
-def binary_kernel_paths(model: Any, image_shape: tuple[int, ...]) -> set[str]:
-    """Module paths of layers whose kernel is binarized, read from the model by tracing."""
-    return {layer.path for layer in complexity.count(model, image_shape).layers if layer.params_1bit}
 
 
 def merge_variables(init: dict[str, Any], loaded: dict[str, Any], source: str,
@@ -92,23 +113,27 @@ def merge_variables(init: dict[str, Any], loaded: dict[str, Any], source: str,
     return flax.traverse_util.unflatten_dict(merged)
 
 
-def load_teacher(config: Any, num_classes: int, mesh: Mesh) -> tuple[Any, Any]:
-    """(teacher module, replicated variables) or (None, None)."""
+def load_teacher(config: Any, task: tasks.Task, mesh: Mesh) -> tuple[Any, Any]:
+    """(teacher module, replicated variables) or (None, None). The teacher's head must produce
+    what the task's does (``task.model_args()``: the same number of classes, say)."""
     if not config.teacher.checkpoint:
         return None, None
     from mlpbnn import convert
 
-    path = Path(config.teacher.checkpoint)
+    path, head = Path(config.teacher.checkpoint), task.model_args()
     if path.is_file():
-        name = config.teacher.model
-        variables = convert.from_torch(name, convert.load_torch_checkpoint(path))
-        kwargs = {"num_classes": variables["params"]["fc"]["bias"].shape[0]}
+        name, kwargs = config.teacher.model, dict(head)
+        try:
+            variables = convert.from_torch(name, convert.load_torch_checkpoint(path), **head)
+        except ValueError as e:
+            raise ConfigError(f"teacher.checkpoint: {e}") from e
     else:
         variables, meta = load_variables(path)
         name, kwargs = meta["model"], dict(meta["model_kwargs"])
-    if kwargs.get("num_classes") != num_classes:
-        raise ConfigError(f"config.teacher.checkpoint: the teacher has {kwargs.get('num_classes')} classes, "
-                          f"the data {num_classes}")
+        wrong = {k: kwargs.get(k) for k, v in head.items() if kwargs.get(k) != v}
+        if wrong:
+            raise ConfigError(f"config.teacher.checkpoint: the teacher has {wrong}, the {task.name} task needs "
+                              f"{ {k: head[k] for k in wrong} }")
     teacher = models.create(name, dtype=jnp.dtype(config.dtype), **kwargs)
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats", "estimator")}
     say(f"teacher: {name} from {path}")
@@ -124,6 +149,14 @@ class Trainer:
         self.pi, self.pc = jax.process_index(), jax.process_count()
         validate(config, jax.device_count(), self.pc)
         self.dataset = data.create(config.data, config.seed)
+        try:
+            self.task = tasks.create(config, self.dataset)
+        except ValueError as e:
+            raise ConfigError(f"config.task: {e}") from e
+        self.best_metric = self.task.best_metric if config.best_metric == "auto" else config.best_metric
+        if self.best_metric and self.best_metric not in self.task.eval_metrics:
+            raise ConfigError(f"config.best_metric: {self.best_metric!r} is not valid for the {self.task.name} "
+                              f"task; choose one of {', '.join(self.task.eval_metrics)}, '' (none) or 'auto'")
         self.mesh = make_mesh(config)
         self.total = total_steps(config, self.dataset.train_size)
         self.steps_per_epoch = self.dataset.train_size / config.batch_size
@@ -132,11 +165,14 @@ class Trainer:
         self.dtype = jnp.dtype(config.dtype)
         self.image_shape = tuple(self.dataset.image_shape)
         self.exported_before = (self.workdir / "variables").exists()
+        self.teacher: Any = None
+        self.teacher_vars: Any = None
+        self._best_step: int | None = None
 
-    # ------------------------------------------------------------------ setup per stage
+    # ------------------------------------------------------------------ setup
 
     def _model(self, stage: Stage) -> Any:
-        return models.create(self.config.model.name, self.dataset.num_classes, dtype=self.dtype,
+        return models.create(self.config.model.name, dtype=self.dtype, **self.task.model_args(),
                              **model_kwargs(self.config, stage.weights))
 
     def _init_variables(self, model: Any, key: jax.Array) -> dict[str, Any]:
@@ -151,43 +187,83 @@ class Trainer:
                               estimator=trainable["estimator"], opt_state=tx.init(trainable), rng=r)
         return jax.jit(make, out_shardings=replicated(self.mesh))(variables, rng)
 
+    def _restore(self, ckpts: Checkpoints, writer: MetricWriter) -> tuple[int, int, dict[str, Any] | None]:
+        """(step, input position, meta of the latest checkpoint or None)."""
+        latest = ckpts.latest_step()
+        if latest is None:
+            return 0, 0, None
+        meta = ckpts.restore_meta(latest)
+        step, position = int(meta["step"]), int(meta["position"])
+        writer.truncate(step)
+        say(f"resuming from {ckpts.directory} at step {step} (stage {meta['stage'] + 1}, input position {position:,})")
+        return step, position, meta
+
+    def _setup_stage(self, stage: Stage, step: int, previous: TrainState | None, ckpts: Checkpoints,
+                     meta: dict[str, Any] | None) -> StageRun:
+        config, key = self.config, jax.random.PRNGKey(self.config.seed)
+        model = self._model(stage)
+        dummy = jnp.zeros((1, *self.image_shape), jnp.float32)
+        binary = L.binary_layer_paths(model, dummy, train=False)
+        variables = self._init_variables(model, jax.random.fold_in(key, stage.index))
+        trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
+        tx, schedules = optim.make(config, trainable, binary, stage.end - stage.start, self.steps_per_epoch,
+                                   stage.weight_decay)
+        if meta and meta["stage"] == stage.index:
+            state = ckpts.restore_state(meta["step"], self._state(variables, tx, key))
+        else:
+            if previous is not None:  # stage two starts from stage one
+                variables = merge_variables(variables, previous.variables(), "the stage-one state")
+            elif config.init_checkpoint:
+                loaded, _ = load_variables(config.init_checkpoint)
+                variables = merge_variables(variables, loaded, f"init_checkpoint {config.init_checkpoint}")
+            state = self._state(variables, tx, key).replace(step=jnp.asarray(step, jnp.int32))
+        self._describe(model, state, binary, stage)
+        rep, batch = replicated(self.mesh), data_sharding(self.mesh)
+        train_step = jax.jit(make_train_step(model, tx, self.task, total_steps=self.total, teacher=self.teacher),
+                             in_shardings=(rep, batch, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+        eval_step = jax.jit(make_eval_step(model, self.task), in_shardings=(rep, batch), out_shardings=batch)
+        return StageRun(stage, model, state, train_step, eval_step, schedules)
+
     # ------------------------------------------------------------------ metrics and eval
 
-    def _flush(self, pending: list[dict], step: int, stage: Stage, schedules: dict, t0: float,
-               writer: MetricWriter, bar: tqdm) -> dict[str, float]:
+    def _flush(self, pending: list[dict], step: int, seconds: float, writer: MetricWriter,
+               bar: tqdm) -> dict[str, float]:
         values = jax.device_get(pending)  # waits for the steps: the rate below is of computed steps
-        seconds = time.perf_counter() - t0
-        nonfinite = sum(v["nonfinite"] for v in values)
-        if nonfinite or not all(math.isfinite(v["loss"]) for v in values):
-            first = step - len(values) + 1 + next(i for i, v in enumerate(values)
-                                                  if v["nonfinite"] or not math.isfinite(v["loss"]))
+        seconds = time.perf_counter() - seconds
+        bad = [i for i, v in enumerate(values) if v["nonfinite"] or not math.isfinite(v["loss"])]
+        if bad:
+            first = step - len(values) + 1
             raise TrainingDiverged(
-                f"non-finite loss or gradients at step {first} (of steps {step - len(values) + 1}..{step}); "
+                f"non-finite loss or gradients at step {first + bad[0]} (of steps {first}..{step}); "
                 f"stopped without saving. The last good checkpoint in {self.workdir / 'checkpoints'} is "
                 f"untouched. Lower optimizer.learning_rate or check the input data.")
         means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != "nonfinite"}
-        local = step - stage.start
-        means["lr/main"] = float(schedules["main"](local - 1))
-        means["lr/estimator"] = float(schedules["estimator"](local - 1))
         means["steps_per_sec"] = len(values) / seconds
         means["examples_per_sec"] = len(values) * self.config.batch_size / seconds
         means["epoch"] = step * self.config.batch_size / self.dataset.train_size
         writer.write(step, "train", means)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", top1=f"{means['top1']:.3f}", refresh=False)
+        shown = self.task.progress_metric
+        bar.set_postfix(loss=f"{means['loss']:.4f}", **({shown: f"{means[shown]:.4g}"} if shown in means else {}),
+                        refresh=False)
         return means
 
     def evaluate(self, eval_step: Any, state: TrainState) -> dict[str, float]:
-        """Exact: every eval example once (padded last batch, masked)."""
-        sums = None
+        """Exact: every eval example once (padded last batch, masked), the same on every process."""
+        evaluator = self.task.evaluator()
         variables = state.variables()
+        previous = None
         for batch in self.dataset.eval_batches(self.eval_batch, self.pi, self.pc):
             out = eval_step(variables, to_global(batch, self.mesh))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        sums = jax.device_get(sums)
-        count = float(sums.pop("count"))
-        if count != self.dataset.eval_size:
-            raise RuntimeError(f"evaluation saw {count} examples, the eval set has {self.dataset.eval_size}")
-        return {**{k: float(v) / count for k, v in sums.items()}, "count": count}
+            if previous is not None:  # hand over the previous batch while this one computes
+                evaluator.update({k: local_rows(v) for k, v in previous[0].items()}, previous[1])
+            previous = (out, batch)
+        if previous is not None:
+            evaluator.update({k: local_rows(v) for k, v in previous[0].items()}, previous[1])
+        result = evaluator.result()
+        if result.get("count") != self.dataset.eval_size:
+            raise RuntimeError(f"evaluation saw {result.get('count')} examples, the eval set has "
+                               f"{self.dataset.eval_size}")
+        return result
 
     # ------------------------------------------------------------------ the run
 
@@ -196,105 +272,90 @@ class Trainer:
         workdir.mkdir(parents=True, exist_ok=True)
         if self.pi == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-        ckpts = Checkpoints(workdir, config.keep_checkpoints, config.best_metric)
-        writer = MetricWriter(workdir, active=self.pi == 0)
-        latest = ckpts.latest_step()
-        meta = ckpts.restore_meta(latest) if latest is not None else None
-        step = int(meta["step"]) if meta else 0
-        position = int(meta["position"]) if meta else 0
-        if meta:
-            writer.truncate(step)
-            say(f"resuming from {ckpts.directory} at step {step} (stage {meta['stage'] + 1}, "
-                f"input position {position:,})")
-        say(self.dataset.describe() + f"; {self.total:,} steps of {config.batch_size} "
-            f"({self.total / self.steps_per_epoch:.2f} epochs) on {self.mesh.devices.size} device(s), "
-            f"{self.pc} process(es)")
-        teacher, teacher_vars = load_teacher(config, self.dataset.num_classes, self.mesh)
-        key = jax.random.PRNGKey(config.seed)
-        bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
-                   disable=self.pi != 0 or not config.progress_bar)
-        state = None
-        final_train: dict[str, float] = {}
-        try:
+        with contextlib.ExitStack() as stack:
+            ckpts = Checkpoints(workdir, config.keep_checkpoints, self.best_metric,
+                                self.task.metric_mode(self.best_metric))
+            stack.callback(ckpts.close)
+            # LIFO: on any exit the saves already started (of good states) finish before closing.
+            stack.callback(ckpts.wait)
+            writer = MetricWriter(workdir, active=self.pi == 0)
+            stack.callback(writer.close)
+            step, position, meta = self._restore(ckpts, writer)
+            say(self.dataset.describe() + f"; task {self.task.name}; {self.total:,} steps of {config.batch_size} "
+                f"({self.total / self.steps_per_epoch:.2f} epochs) on {self.mesh.devices.size} device(s), "
+                f"{self.pc} process(es)")
+            self.teacher, self.teacher_vars = load_teacher(config, self.task, self.mesh)
+            bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
+                       disable=self.pi != 0 or not config.progress_bar)
+            stack.callback(bar.close)
+            run, final_train = None, {}
             for stage in self.stages:
                 if step > stage.end or (meta and meta["stage"] > stage.index):
                     continue
-                model = self._model(stage)
-                binary = binary_kernel_paths(model, self.image_shape)
-                variables = self._init_variables(model, jax.random.fold_in(key, stage.index))
-                trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
-                tx, schedules = optim.make(config, trainable, binary, stage.end - stage.start, self.steps_per_epoch,
-                                           stage.weight_decay)
-                if meta and meta["stage"] == stage.index:
-                    state = ckpts.restore_state(latest, self._state(variables, tx, key))
-                else:
-                    if state is not None:  # stage two starts from stage one
-                        variables = merge_variables(variables, {"params": state.params,
-                                                                "batch_stats": state.batch_stats,
-                                                                **({"estimator": state.estimator}
-                                                                   if state.estimator else {})},
-                                                    "the stage-one state")
-                    elif config.init_checkpoint:
-                        loaded, _ = load_variables(config.init_checkpoint)
-                        variables = merge_variables(variables, loaded, f"init_checkpoint {config.init_checkpoint}")
-                    state = self._state(variables, tx, key)
-                    state = state.replace(step=jnp.asarray(step, jnp.int32))
-                self._describe(model, state, binary, stage)
-                train_step = jax.jit(
-                    make_train_step(model, tx, total_steps=self.total, label_smoothing=config.loss.label_smoothing,
-                                    binary_kernels=binary, weight_norm=getattr(model, "weight_norm", "none"),
-                                    teacher=teacher, alpha=config.teacher.alpha,
-                                    temperature=config.teacher.temperature),
-                    in_shardings=(replicated(self.mesh), data_sharding(self.mesh), replicated(self.mesh)),
-                    out_shardings=(replicated(self.mesh), replicated(self.mesh)), donate_argnums=(0,))
-                eval_step = jax.jit(make_eval_step(model),
-                                    in_shardings=(replicated(self.mesh), data_sharding(self.mesh)),
-                                    out_shardings=replicated(self.mesh))
-                # XLA:CPU runs the simulated devices' halves of a collective on one thread pool; a step
-                # dispatched before the previous one finished can starve it and deadlock the all-reduce.
-                serialize = jax.default_backend() == "cpu" and jax.local_device_count() > 1
-                batches = self.dataset.train_batches(position, config.batch_size, self.pi, self.pc)
-                pending: list[dict] = []
-                t0 = time.perf_counter()
-                while step < stage.end:
-                    batch, position = next(batches)
-                    state, metrics = train_step(state, to_global(batch, self.mesh), teacher_vars)
-                    if serialize:
-                        jax.block_until_ready(metrics)
-                    pending.append(metrics)
-                    step += 1
-                    bar.update(1)
-                    if step % config.log_every_steps == 0 or step == stage.end:
-                        final_train = self._flush(pending, step, stage, schedules, t0, writer, bar)
-                        pending = []
-                        t0 = time.perf_counter()
-                    meta_now = {"step": step, "position": position, "stage": stage.index}
-                    if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < self.total:
-                        ev = self.evaluate(eval_step, state)
-                        writer.write(step, "eval", ev)
-                        ckpts.save_best(step, state, meta_now, ev)
-                        t0 = time.perf_counter()
-                    if step % config.checkpoint_every_steps == 0 or step == stage.end:
-                        ckpts.save(step, state, meta_now)
-            final = self.evaluate(eval_step, state)
-            writer.write(step, "eval", final)
-            ckpts.save_best(step, state, {"step": step, "position": position, "stage": self.stages[-1].index}, final)
-            ckpts.wait()
-            self._export(state)
-        except BaseException:
-            bar.close()
-            ckpts.wait()  # saves already started were of good states: let them finish
-            ckpts.close()
-            writer.close()
-            raise
-        bar.close()
-        ckpts.close()
-        writer.close()
-        summary = {"step": step, "eval": final, "train": final_train}
+                run = self._setup_stage(stage, step, run.state if run else None, ckpts, meta)
+                step, position, final_train = self._train(run, step, position, ckpts, writer, bar)
+            final = self._finish(run, step, position, ckpts, writer)
+        summary = {"step": step, "eval": final, "train": final_train, "best_step": self._best_step}
         if self.pi == 0:
             (workdir / "final_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        say(f"step {step}: eval top-1 {final['top1']:.2%}" + (f", top-5 {final['top5']:.2%}" if "top5" in final else "")
-            + f", loss {final['loss']:.4f} on {int(final['count']):,} images")
+        say(f"step {step}: {self.task.summary(final)}")
+        return final
+
+    def _train(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, writer: MetricWriter,
+               bar: tqdm) -> tuple[int, int, dict[str, float]]:
+        """Steps ``step .. run.stage.end``; returns (step, position, last logged train metrics)."""
+        config, stage = self.config, run.stage
+        # XLA:CPU runs the simulated devices' halves of a collective on one thread pool; a step
+        # dispatched before the previous one finished can starve it and deadlock the all-reduce.
+        serialize = jax.default_backend() == "cpu" and jax.local_device_count() > 1
+        batches = self.dataset.train_batches(position, config.batch_size, self.pi, self.pc)
+        pending: list[dict] = []
+        logged: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            while step < stage.end:
+                batch, position = next(batches)
+                run.state, metrics = run.train_step(run.state, to_global(batch, self.mesh), self.teacher_vars)
+                if serialize:
+                    jax.block_until_ready(metrics)
+                pending.append(metrics)
+                step += 1
+                bar.update(1)
+                if step % config.log_every_steps == 0 or step == stage.end:
+                    logged = self._flush(pending, step, t0, writer, bar)
+                    pending = []
+                if self._periodic(run, step, position, ckpts, writer) or not pending:
+                    t0 = time.perf_counter()  # the logged rate is of training steps only
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        return step, position, logged
+
+    def _periodic(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, writer: MetricWriter) -> bool:
+        """Evaluation and checkpoint due after ``step``; the run's very last step is left to
+        ``_finish``. Returns whether anything was done."""
+        config, last = self.config, step == self.total
+        evaluate = config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last
+        save = (step % config.checkpoint_every_steps == 0 or step == run.stage.end) and not last
+        metrics = None
+        if evaluate:
+            metrics = self.evaluate(run.eval_step, run.state)
+            writer.write(step, "eval", metrics)
+        if evaluate or save:
+            ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, metrics)
+        return evaluate or save
+
+    def _finish(self, run: StageRun, step: int, position: int, ckpts: Checkpoints,
+                writer: MetricWriter) -> dict[str, float]:
+        """The final evaluation, saved with the last checkpoint, and the exported variables."""
+        final = self.evaluate(run.eval_step, run.state)
+        writer.write(step, "eval", final)
+        if ckpts.latest_step() != step:
+            ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, final)
+        ckpts.wait()
+        self._best_step = ckpts.best_step()
+        self._export(run)
         return final
 
     def _describe(self, model: Any, state: TrainState, binary: set[str], stage: Stage) -> None:
@@ -304,8 +365,8 @@ class Trainer:
         overview = parameter_overview(host(state.variables()))
         sizes = optim.partition_sizes(host(state.trainable), binary)
         head = f"stage {stage.index + 1}/{len(self.stages)}: " if len(self.stages) > 1 else ""
-        text = (f"{head}model {self.config.model.name} (weights: {stage.weights}, activations: "
-                f"{self.config.estimator.activations if models.family(self.config.model.name) != 'resnet' else '-'})\n"
+        activations = self.config.estimator.activations if is_binary(self.config.model.name) else "-"
+        text = (f"{head}model {self.config.model.name} (weights: {stage.weights}, activations: {activations})\n"
                 f"{overview}\noptimizer partitions: {sizes}\n\n{report.table()}\n")
         (self.workdir / f"summary_stage{stage.index + 1}.txt").write_text(text)
         t = report.totals()
@@ -314,14 +375,13 @@ class Trainer:
             f"model size {t['size_bytes'] / 2 ** 20:.2f} MiB (full table in {self.workdir}/summary_stage"
             f"{stage.index + 1}.txt)")
 
-    def _export(self, state: TrainState) -> None:
+    def _export(self, run: StageRun) -> None:
         """The final variables as a variables checkpoint (a teacher or init for other runs)."""
-        out = self.workdir / "variables"
         if self.exported_before:  # decided at start: every process must take the same branch
             return
-        kwargs = {"num_classes": self.dataset.num_classes, **model_kwargs(self.config)}
-        tree = host(state.variables()) if self.pc == 1 else state.variables()
-        save_variables(out, tree, self.config.model.name, kwargs)
+        kwargs = {**self.task.model_args(), **model_kwargs(self.config)}
+        tree = host(run.state.variables()) if self.pc == 1 else run.state.variables()
+        save_variables(self.workdir / "variables", tree, self.config.model.name, kwargs)
 
 
 def run(config: Any, workdir: str | Path) -> dict[str, float]:

@@ -10,9 +10,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from flax import traverse_util
-
 
 class MetricWriter:
     """Writes on process 0 only; after a resume, ``truncate`` drops records past the restored step
@@ -60,15 +57,8 @@ def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict[str
 
 
 def parameter_overview(variables: dict[str, Any]) -> str:
-    """A table of every variable: path, shape, size, mean, std (clu's overview, per collection)."""
-    rows = [f"{'variable':<58} {'shape':<18} {'size':>10} {'mean':>10} {'std':>10}"]
-    totals = {}
-    for collection, tree in variables.items():
-        flat = traverse_util.flatten_dict(tree) if isinstance(tree, dict) else {}
-        for path, value in flat.items():
-            a = np.asarray(value, np.float64)
-            rows.append(f"{collection + '/' + '/'.join(path):<58} {str(tuple(a.shape)):<18} {a.size:>10,} "
-                        f"{a.mean():>10.4f} {a.std():>10.4f}")
-            totals[collection] = totals.get(collection, 0) + a.size
-    rows.append("total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
-    return "\n".join(rows)
+    """A table of every variable (collection/path, shape, dtype, size, mean, std) and the totals,
+    from clu (which imports no TensorFlow)."""
+    from clu import parameter_overview as po
+
+    return po.get_parameter_overview({k: v for k, v in variables.items() if v}, include_stats=True)

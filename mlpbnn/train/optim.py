@@ -15,7 +15,7 @@ Adam 2.5e-3 with linear decay and no weight decay for the model, Adam 1e-3 x 0.1
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,42 +27,43 @@ from flax import traverse_util
 Schedule = Callable[[Any], Any]
 
 
+def _base_schedule(opt: Any, horizon: float) -> Schedule:
+    """The schedule over its own unit (steps or epochs), from optax."""
+    base = float(opt.learning_rate)
+    if opt.schedule == "constant":
+        return optax.constant_schedule(base)
+    if opt.schedule == "linear":
+        return optax.linear_schedule(base, 0.0, horizon)
+    if opt.schedule == "cosine":
+        return optax.cosine_decay_schedule(base, horizon)
+    scales: dict[float, float] = {}
+    for m in opt.milestones:  # a repeated milestone multiplies twice, as PyTorch's MultiStepLR
+        scales[float(m)] = scales.get(float(m), 1.0) * opt.gamma
+    return optax.piecewise_constant_schedule(base, scales)
+
+
 def schedule(opt: Any, total_steps: int, steps_per_epoch: float) -> Schedule:
-    """step -> learning rate for ``opt`` (an ``optimizer_config``) over ``total_steps`` steps."""
-    base, kind = float(opt.learning_rate), opt.schedule
+    """step -> learning rate for ``opt`` (an ``optimizer_config``) over ``total_steps`` steps.
+
+    optax's schedules, evaluated per step (``schedule_unit='step'``) or on the epoch index the
+    PyTorch scheduler believes it is in (``'epoch'``: piecewise constant per epoch, shifted by one
+    with ``epoch_start_quirk``), times a linear warm-up factor min(1, (step + 1) / warmup_steps).
+    """
     if opt.schedule_unit == "epoch":
-        horizon = total_steps / steps_per_epoch
+        inner = _base_schedule(opt, total_steps / steps_per_epoch)
+        shift = 1.0 if opt.epoch_start_quirk else 0.0
 
-        def t(step):  # the epoch index the PyTorch scheduler believes it is in
-            return jnp.floor(step / steps_per_epoch) + (1.0 if opt.epoch_start_quirk else 0.0)
+        def main(step):
+            return inner(jnp.floor(jnp.asarray(step, jnp.float32) / steps_per_epoch) + shift)
     else:
-        horizon = float(total_steps)
-
-        def t(step):
-            return jnp.asarray(step, jnp.float32)
-
-    milestones = jnp.asarray(tuple(opt.milestones) or (math.inf,), jnp.float32)
-
-    def lr(step):
-        u = t(step)
-        if kind == "constant":
-            value = base * jnp.ones_like(u)
-        elif kind == "linear":
-            value = base * jnp.clip(1.0 - u / horizon, 0.0, 1.0)
-        elif kind == "cosine":
-            value = base * 0.5 * (1.0 + jnp.cos(math.pi * jnp.clip(u / horizon, 0.0, 1.0)))
-        else:
-            value = base * opt.gamma ** jnp.sum(u >= milestones)
-        if opt.warmup_steps:
-            value = value * jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1.0) / opt.warmup_steps)
-        return value
-
-    return lr
+        main = _base_schedule(opt, float(total_steps))
+    if opt.warmup_steps <= 1:
+        return main
+    warmup = optax.linear_schedule(1.0 / opt.warmup_steps, 1.0, opt.warmup_steps - 1)
+    return lambda step: main(step) * warmup(step)
 
 
-def _transform(opt: Any, lr: Schedule, weight_decay: float, lr_mult: float) -> optax.GradientTransformation:
-    if lr_mult == 0.0:
-        return optax.set_to_zero()
+def _chain(opt: Any, weight_decay: float, learning_rate: Any) -> optax.GradientTransformation:
     chain = []
     if opt.grad_clip_norm:
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
@@ -74,8 +75,27 @@ def _transform(opt: Any, lr: Schedule, weight_decay: float, lr_mult: float) -> o
         chain.append(optax.trace(opt.momentum, opt.nesterov))
     if weight_decay and opt.weight_decay_mode == "decoupled":
         chain.append(optax.add_decayed_weights(weight_decay))
-    chain.append(optax.scale_by_learning_rate(lambda s: lr(s) * lr_mult))
+    chain.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*chain)
+
+
+def _transform(opt: Any, lr: Schedule, weight_decay: float, lr_mult: float) -> optax.GradientTransformation:
+    if lr_mult == 0.0:
+        return optax.set_to_zero()
+    # inject_hyperparams keeps the learning rate of the latest update in the optimizer state,
+    # where the trainer reads it for the log.
+    make = functools.partial(_chain, opt, weight_decay)
+    return optax.inject_hyperparams(make)(learning_rate=(lambda s: lr(s) * lr_mult) if lr_mult != 1.0 else lr)
+
+
+def learning_rates(opt_state: Any) -> dict[str, Any]:
+    """{partition: learning rate of the latest update} from a ``make`` optimizer's state
+    (0 for a frozen partition)."""
+    out = {}
+    for name, inner in opt_state.inner_states.items():
+        hp = getattr(inner.inner_state, "hyperparams", None)
+        out[name] = hp["learning_rate"] if hp is not None else jnp.zeros((), jnp.float32)
+    return out
 
 
 def partition_labels(trainable: Any, binary_kernels: set[str]) -> Any:
@@ -97,7 +117,8 @@ def partition_labels(trainable: Any, binary_kernels: set[str]) -> Any:
 
 def make(config: Any, trainable: Any, binary_kernels: set[str], total_steps: int, steps_per_epoch: float,
          weight_decay_override: float | None = None) -> tuple[optax.GradientTransformation, dict[str, Schedule]]:
-    """The partitioned optimizer and its schedules ({'main': ..., 'estimator': ...})."""
+    """The partitioned optimizer and its schedules ({'main': ..., 'estimator': ...}); the learning
+    rates it used last are in its state (``learning_rates``)."""
     opt = config.optimizer
     schedules = {"main": schedule(opt, total_steps, steps_per_epoch),
                  "estimator": schedule(opt.estimator, total_steps, steps_per_epoch)}

@@ -1,0 +1,35 @@
+"""Configuration validation: every bad field is named before anything is built or compiled."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlpbnn.train import ConfigError
+from mlpbnn.train.config import validate
+from tests.utils_train import cli, tiny
+
+
+def test_bad_configs_fail_with_the_field_named(tmp_path):
+    cases = [
+        ({"model.name": "resnet7"}, r"config.model.name: 'resnet7' is not valid; choose one of .*bireal_resnet18"),
+        ({"estimator.weights": "sine"}, r"config.estimator.weights: unknown estimator 'sine'; valid names: .*ste"),
+        ({"optimizer.name": "lamb"}, r"config.optimizer.name: 'lamb' is not valid; choose one of adam, sgd"),
+        ({"batch_size": 12}, r"config.batch_size: 12 is not divisible by the 8 devices"),
+        ({"data.name": "cifar"}, r"config.data.name: 'cifar' is not valid"),
+        ({"teacher.checkpoint": str(tmp_path / "none")}, r"config.teacher.checkpoint: .* does not exist"),
+        ({"data.name": "imagenet", "data.data_dir": str(tmp_path / "tfds"), "data.manual_dir": ""},
+         r"config.data.manual_dir: imagenet2012 is not prepared"),
+        ({"checkpoint_every_steps": 3}, r"config.checkpoint_every_steps: 3 must be a multiple of log_every_steps"),
+        ({"optimizer.estimator.schedule": "step"}, r"config.optimizer.estimator.milestones"),
+    ]
+    for overrides, message in cases:
+        c = tiny(**overrides)
+        with pytest.raises(ConfigError, match=message):
+            validate(c, 8)
+
+
+def test_bad_config_from_the_command_line_fails_before_compiling(tmp_path):
+    out = cli(tmp_path / "x", "--config.model.name=resnet7")
+    assert out.returncode != 0
+    assert "error: config.model.name: 'resnet7' is not valid" in out.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,49 @@
+"""Shared by the trainer tests: a tiny digits config and a train.py runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlpbnn.train import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(**overrides):
+    c = base_config()
+    c.model.name = "bireal_resnet18"
+    c.model.small_inputs = True
+    c.model.width = 8
+    c.model.stage_sizes = (1, 1, 1, 1)
+    c.estimator.weights = "mlp(init='positive', hidden=16)"
+    c.data.name = "digits"
+    c.batch_size = 16
+    c.num_train_steps = 6
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+    c.progress_bar = False
+    c.optimizer.learning_rate = 2.5e-3
+    c.optimizer.schedule = "linear"
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True, cwd: Path = ROOT):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/digits.py"),
+           "--workdir", str(workdir), "--config.progress_bar=False", *flags]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+SMALL_CLI = ("--config.model.width=8", "--config.batch_size=32", "--config.num_train_steps=40",
+             "--config.log_every_steps=2", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1")
