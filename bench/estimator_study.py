@@ -3,8 +3,8 @@ on both weights and activations (plus BBC's official split: MLP on weights, Appr
 activations), three seeds each, equal budgets. Reports final test top-1 (mean, std, per seed),
 test-accuracy curves and, for the learnable estimators, the learned slope at 0 over training.
 
-    python bench/estimator_study.py                    # the full study (36 runs, ~36 min on 2 busy CPU cores)
-    python bench/estimator_study.py --quick --out /tmp/q.json   # CI smoke test (< 1 min)
+    python -m bench.estimator_study                    # the full study (36 runs, ~36 min on 2 busy CPU cores)
+    python -m bench.estimator_study --quick --out /tmp/q.json   # CI smoke test (< 1 min)
 
 Every run goes through ``mlpbnn.train.run(config, workdir)`` in-process, in a temporary
 directory (``--workdir`` to choose one, ``--keep`` to keep it). The slope curves are read back
@@ -42,18 +42,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench.common import RESULTS, machine  # noqa: E402
-from mlpbnn import estimators  # noqa: E402
-from mlpbnn import layers as L  # noqa: E402
-from mlpbnn.train import base_config, run  # noqa: E402
-from mlpbnn.train.metrics import read_metrics  # noqa: E402
+from bench.common import RESULTS, machine
+from mlpbnn import estimators
+from mlpbnn import layers as L
+from mlpbnn.train import base_config, run
+from mlpbnn.train.metrics import read_metrics
 
 # (row id, weights estimator, activations estimator)
 ROWS: list[tuple[str, str, str]] = [
@@ -323,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload = json.loads(Path(args.out).read_text())
         plot(payload["summary"], payload["runs"], Path(args.out).with_suffix(".png"), plot_title(payload["setup"]))
         return payload
-    command = "python bench/estimator_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.estimator_study " + " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="estimator_study_"))
     root.mkdir(parents=True, exist_ok=True)

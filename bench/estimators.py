@@ -1,7 +1,7 @@
 """Estimator cost: forward+backward of every estimator on a 64x64x56x56 float32 tensor as a ratio
 to plain STE, and the BBC MLP's cost inside a BinaryConv at ResNet-18 layer-1 shapes (batch 32).
 
-    python bench/estimators.py [--rounds 5] [--shape 64,64,56,56]
+    python -m bench.estimators [--rounds 5] [--shape 64,64,56,56]
 
 Prints a table and writes bench/results/estimators.json.
 """
@@ -9,17 +9,13 @@ Prints a table and writes bench/results/estimators.json.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from bench.common import interleaved_medians, write_json  # noqa: E402
-from mlpbnn import estimators as E  # noqa: E402
-from mlpbnn import layers as L  # noqa: E402
+from bench.common import interleaved_medians, write_json
+from mlpbnn import estimators as E
+from mlpbnn import layers as L
 
 
 def estimator_step(est: E.Estimator):

@@ -19,7 +19,7 @@ t0=$SECONDS
 $py -m pytest tests/test_estimators.py 2>&1 | tee "$out/gpu_tests_estimators.log"
 echo "estimator tests: $((SECONDS - t0)) s"
 t0=$SECONDS
-$py bench/train_step.py --rounds 20 --sizes 32,64 --big --big-rounds 5 2>&1 | tee "$out/gpu_train_step.log"
+$py -m bench.train_step --rounds 20 --sizes 32,64 --big --big-rounds 5 2>&1 | tee "$out/gpu_train_step.log"
 cp bench/results/train_step_gpu.json "$out/" 2>/dev/null
 echo "train_step bench: $((SECONDS - t0)) s"
 t0=$SECONDS

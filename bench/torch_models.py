@@ -19,15 +19,10 @@ the method description for the parity tests, not from mlpbnn), used here by impo
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests import torch_reference as ref  # noqa: E402
+from tests import torch_reference as ref
 
 
 class SteSign(torch.autograd.Function):

@@ -1,6 +1,6 @@
 """Images/s of a full training step (forward, backward, Adam update), mlpbnn against PyTorch.
 
-    python bench/train_step.py [--rounds 3] [--sizes 32,64] [--batch 64] [--big] [--no-xla]
+    python -m bench.train_step [--rounds 3] [--sizes 32,64] [--batch 64] [--big] [--no-xla]
 
 Networks (10 classes, ``small_inputs=True``: 3x3 stride-1 stem, no max-pool, at every size):
 ``bireal_resnet18`` with the BBC MLP estimator on the weights, the same with STE on the weights
@@ -49,21 +49,18 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from bench import torch_models  # noqa: E402
-from bench.common import block, interleaved_medians, write_json  # noqa: E402
-from mlpbnn import conv, models  # noqa: E402
-from mlpbnn import estimators as E  # noqa: E402
+from bench import torch_models
+from bench.common import block, interleaved_medians, write_json
+from mlpbnn import conv, models
+from mlpbnn import estimators as E
 
 NUM_CLASSES = 10
 # (label, mlpbnn model, weight estimator, torch builder)

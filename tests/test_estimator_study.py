@@ -14,13 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench import estimator_study as study  # noqa: E402
-from mlpbnn import models  # noqa: E402
-from mlpbnn.data.small import FASHION_MNIST_DIR, FASHION_MNIST_FILES  # noqa: E402
-from mlpbnn.train.config import model_kwargs  # noqa: E402
+from bench import estimator_study as study
+from mlpbnn import models
+from mlpbnn.data.small import FASHION_MNIST_DIR, FASHION_MNIST_FILES
+from mlpbnn.train.config import model_kwargs
 
 
 def test_initial_theta_matches_model_init():
@@ -39,8 +36,8 @@ def test_initial_theta_matches_model_init():
 def test_quick_study(tmp_path):
     out = tmp_path / "study.json"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/estimator_study.py"), "--quick", "--silent",
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "bench.estimator_study", "--quick", "--silent", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wall time" in proc.stdout
     result = json.loads(out.read_text())
