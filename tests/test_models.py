@@ -34,16 +34,15 @@ def test_bad_name_and_option():
         models.info("vgg16")
 
 
-def test_info_and_family():
-    expected = {"bireal_resnet18": (True, "bbc", "bireal"), "bireal_resnet34": (True, "bbc", "bireal"),
-                "reactnet_resnet18": (True, "reactnet", "reactnet"), "resnet18": (False, "torchvision", "resnet"),
-                "resnet34": (False, "torchvision", "resnet"), "resnet50": (False, "torchvision", "resnet")}
-    for name, (binary, layout, family) in expected.items():
+def test_info():
+    expected = {"bireal_resnet18": (True, "bbc"), "bireal_resnet34": (True, "bbc"),
+                "reactnet_resnet18": (True, "reactnet"), "resnet18": (False, "torchvision"),
+                "resnet34": (False, "torchvision"), "resnet50": (False, "torchvision")}
+    for name, (binary, layout) in expected.items():
         info = models.info(name)
         assert (info.name, info.binary, info.torch_layout) == (name, binary, layout)
         assert info.estimator_fields == (("weight_estimator", "activation_estimator") if binary else ())
         assert set(info.estimator_fields) <= set(info.options) and "small_inputs" in info.options
-        assert models.family(name) == family
         with pytest.raises(AttributeError):  # frozen
             info.binary = not binary
         models.create(name, 10, **{f: "ste" for f in info.estimator_fields})  # the fields it names exist

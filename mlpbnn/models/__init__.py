@@ -21,7 +21,7 @@ from mlpbnn import estimators
 from mlpbnn.models.heads import Classifier
 from mlpbnn.models.resnet import BinaryResNetBackbone, ResNetBackbone
 
-__all__ = ["ESTIMATOR_FIELDS", "TORCH_LAYOUTS", "Classifier", "ModelInfo", "create", "create_backbone", "family",
+__all__ = ["ESTIMATOR_FIELDS", "TORCH_LAYOUTS", "Classifier", "ModelInfo", "create", "create_backbone",
            "info", "names"]
 
 ESTIMATOR_FIELDS = ("weight_estimator", "activation_estimator")
@@ -89,11 +89,6 @@ def info(name: str) -> ModelInfo:
     binary = cls is BinaryResNetBackbone
     return ModelInfo(name=name, binary=binary, torch_layout=layout,
                      estimator_fields=ESTIMATOR_FIELDS if binary else (), options=_options(cls))
-
-
-def family(name: str) -> str:
-    """'resnet' (torchvision layout) or 'bireal'/'reactnet' (binary). Deprecated: use ``info``."""
-    return {"torchvision": "resnet", "bbc": "bireal", "reactnet": "reactnet"}[info(name).torch_layout]
 
 
 def create_backbone(name: str, **overrides: Any) -> nn.Module:
