@@ -110,7 +110,7 @@ def test_unknown_hparam_lists_valid_ones():
     ("mlp", {"chunk": -1}, "hparam 'chunk' of estimator 'mlp' must be >= 0, got -1"),
     ("linear", {"chunk": 2.5}, "hparam 'chunk' of estimator 'linear' must be an int, got 2.5"),
     ("mlp", {"backward": "fast"}, "hparam 'backward' of estimator 'mlp' must be one of 'auto', 'matmul', "
-                                  "'reduce', 'autodiff', got 'fast'"),
+                                  "'reduce', 'autodiff', 'pallas', got 'fast'"),
 ])
 def test_bad_hparam_values(name, hp, message):
     with pytest.raises(ValueError) as info:

@@ -70,6 +70,10 @@ def _gated_mlp_sign_fwd(activation, zero, chunk, backward, theta, x):
 
 def _gated_mlp_sign_bwd(activation, zero, chunk, backward, res, g):
     theta, x = res
+    if backward == "pallas":  # one fused kernel over the whole tensor
+        from mlpbnn.estimators.mlp_pallas import gated_mlp_vjp_pallas  # lazy: Triton's import costs ~0.2 s
+
+        return gated_mlp_vjp_pallas(theta, x, g, activation, chunk=chunk)
     form = default_backward() if backward == "auto" else backward  # resolved when traced
     vjp_fn = functools.partial(gated_mlp_vjp, activation=activation, form=form)
     return chunked_vjp(vjp_fn, theta, x, g, chunk)
@@ -89,7 +93,7 @@ class _GatedHparams(Hparams):
     init: str = hparam("torch", choices=INITS)
     zero: float = hparam(1.0, choices=SIGN_ZERO)
     chunk: int = hparam(0, minimum=0)
-    backward: str = hparam("auto", choices=("auto",) + BACKWARD_FORMS)
+    backward: str = hparam("auto", choices=("auto",) + BACKWARD_FORMS + ("pallas",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +126,10 @@ def mlp(hp: MlpHparams, theta: Theta, x: Array, progress: Progress = None) -> Ar
     ``positive`` (the same, with W1 negated where that makes the slope at 0 positive).
     chunk: elements per step of the backward scan (memory/speed only; ``chunked_vjp``); 0 picks
     it by backend when traced (``default_chunk``). backward: how the closed form is computed,
-    ``matmul``, ``reduce`` or ``autodiff`` (``gated_mlp_vjp``; equal up to float rounding);
-    ``auto`` picks by backend when traced (``default_backward``). Timings: ``mlp_backward``.
+    ``matmul``, ``reduce`` or ``autodiff`` (``gated_mlp_vjp``; equal up to float rounding), or
+    ``pallas``, one fused kernel (``mlp_pallas``; chunk is then its elements per program; not yet
+    timed on a GPU, so ``auto``, which picks by backend when traced (``default_backward``), never
+    chooses it). Timings: ``mlp_backward``.
     """
     return _gated_mlp_sign(hp.activation, hp.zero, hp.chunk, hp.backward, theta, x)
 
