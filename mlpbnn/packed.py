@@ -1,0 +1,346 @@
+"""Bit-packed XNOR-popcount inference: the kernels and a small interpreter of packed programs.
+
+A binary convolution of +-1 activations x with +-1 weights w is an integer per output:
+``sum_k x_k w_k = K - 2 * popcount(bits(x) XOR bits(w))`` with bit 1 standing for -1 (XNOR-Net,
+Rastegari et al., arXiv 1603.05279; Bi-Real Net, Liu et al., arXiv 1808.00278). Here the bits of
+32 input channels are packed into one uint32 word (channel ``32 j + i`` is bit ``i`` of word
+``j``; channels are padded to a multiple of 32 with bit 0 in activations and weights alike, so
+the padding bits never differ and ``K`` counts the real channels only).
+
+The convolution is written as one XLA elementwise fusion over the output (N, Ho, Wo, O): for each
+of the ``kh * kw * Cw`` (tap, word) pairs a strided slice of the packed input (a scalar per output
+pixel, broadcast along O) is XORed with that pair's row of weight words (a vector along O) and
+its ``lax.population_count`` added up. XLA:CPU hoists the pixel's words into registers and runs
+the O loop with vector popcounts (``vpopcntd`` where the CPU has AVX-512 VPOPCNTDQ), so no
+im2col buffer and no reduction loop is needed. ``bench/latency.py`` measures it against XLA's float
+convolution and against the two alternatives tried (im2col patches with a reduction over words,
+and channel blocking, which puts blocks of O outermost so that a block's weights stay in L1).
+
+Padding. The BBC/Bi-Real networks pad binary convolutions with 0, which is not a +-1 value. The
+packed kernel pads with +1 (bit 0); each tap that falls into the padding then adds
+``sum_c w[tap, c, o]`` instead of 0, so the exact result is the +1-padded one minus
+``border_correction``: a per-output-position, per-channel integer that is nonzero only on the
+border and depends only on the weights and the input size. Networks trained with
+``pad_value=+-1`` (``BinaryConv.pad_value``) need no correction.
+
+A packed *program* is a list of ops (JSON-able dicts) over named registers plus a dict of arrays;
+``run_program`` interprets it inside ``jax.jit`` and ``PackedNetwork`` wraps a program for repeated
+calls. ``mlpbnn.export`` writes programs; ``mlpbnn.infer`` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+WORD_BITS = 32
+WORD_DTYPE = jnp.uint32
+# Ops a program may hold, with their required fields (beyond "op", "src", "dst").
+OPS: dict[str, tuple[str, ...]] = {
+    "conv": ("kernel", "strides", "padding"),
+    "dense": ("kernel", "bias"),
+    "affine": ("scale", "bias"),
+    "bias": ("bias",),
+    "prelu": ("slope",),
+    "maxpool": ("window", "strides", "padding"),
+    "avgpool": ("window", "strides"),
+    "global_avg_pool": (),
+    "add": (),
+    "binary_conv": ("bits", "in_channels", "kernel_size", "strides", "padding", "pad_value", "sign_zero",
+                    "scale", "bias"),
+}
+LAYOUTS = ("direct", "blocked")
+
+
+def words(channels: int) -> int:
+    """Number of uint32 words holding ``channels`` bits."""
+    return -(-channels // WORD_BITS)
+
+
+# ------------------------------------------------------------------------------------------- packing
+
+
+def pack_signs(x: Array, sign_zero: float = 1.0) -> Array:
+    """Packs the signs of ``x`` (..., C) into uint32 words (..., ceil(C / 32)); bit 1 means -1.
+
+    ``sign_zero`` is the value of sign(0): +1 (the estimators' default: bit 0 for x = 0) or -1.
+    sign(0) = 0 has no one-bit code and is refused.
+    """
+    if sign_zero == 1.0:
+        neg = x < 0
+    elif sign_zero == -1.0:
+        neg = x <= 0
+    else:
+        raise ValueError(f"sign(0) must be +1 or -1 to be packed into bits, got {sign_zero!r}")
+    c = x.shape[-1]
+    cw = words(c)
+    if cw * WORD_BITS != c:
+        neg = jnp.pad(neg, [(0, 0)] * (x.ndim - 1) + [(0, cw * WORD_BITS - c)])
+    # Bytes first (jnp.packbits, bit i of byte k = channel 8k + i), then four bytes per word by
+    # shifts: explicit about the byte order, and faster than 32 shifted bits (0.10 vs 0.14 ms on
+    # a 56x56x64 map). The shifted parts are disjoint, so their sum is their OR.
+    b = jnp.packbits(neg.reshape(*x.shape[:-1], cw * 4, 8), axis=-1, bitorder="little")
+    b = b.reshape(*x.shape[:-1], cw, 4).astype(WORD_DTYPE)
+    return jnp.sum(b << jnp.asarray([0, 8, 16, 24], WORD_DTYPE), axis=-1, dtype=WORD_DTYPE)
+
+
+def pack_weight_signs(signs: np.ndarray) -> np.ndarray:
+    """+-1 HWIO weights (kh, kw, C, O) -> uint32 (kh * kw, ceil(C / 32), O), bit 1 for -1.
+
+    Raises if any weight is not +-1 (e.g. sign(0) = 0 of an estimator with ``zero=0``)."""
+    signs = np.asarray(signs)
+    if signs.ndim != 4:
+        raise ValueError(f"expected HWIO weights, got shape {signs.shape}")
+    bad = ~np.isin(signs, (-1.0, 1.0))
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} weight(s) are not +-1 (values {np.unique(signs[bad])[:5]}); "
+                         "only +-1 weights can be bit-packed")
+    kh, kw, c, o = signs.shape
+    cw = words(c)
+    neg = np.zeros((kh * kw, o, cw * WORD_BITS), bool)
+    neg[:, :, :c] = np.transpose(signs < 0, (0, 1, 3, 2)).reshape(kh * kw, o, c)
+    packed = np.packbits(neg.reshape(kh * kw, o, cw, WORD_BITS), axis=-1, bitorder="little")
+    w = packed.reshape(kh * kw, o, cw, 4).view("<u4")[..., 0]  # bytes 0..3 little-endian: bit i is channel i
+    return np.ascontiguousarray(np.transpose(w, (0, 2, 1))).astype(np.uint32)
+
+
+def unpack_weight_signs(bits: np.ndarray, kernel_size: Sequence[int], in_channels: int) -> np.ndarray:
+    """Inverse of ``pack_weight_signs``: float32 +-1 HWIO weights."""
+    kh, kw = kernel_size
+    t, cw, o = bits.shape
+    b = np.transpose(np.asarray(bits, "<u4"), (0, 2, 1))[..., None].view(np.uint8)  # (t, o, cw, 4)
+    neg = np.unpackbits(b, axis=-1, bitorder="little").reshape(t, o, cw * WORD_BITS)[:, :, :in_channels]
+    return np.transpose(np.where(neg, -1.0, 1.0).astype(np.float32).reshape(kh, kw, o, in_channels), (0, 1, 3, 2))
+
+
+# ------------------------------------------------------------------------------------------- convolution
+
+
+def out_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def xnor_conv(xbits: Array, wbits: Array, n_bits: int, kernel_size: Sequence[int], strides: Sequence[int],
+              layout: str = "direct", block: int = 64) -> Array:
+    """sum_k x_k w_k of a VALID convolution of packed, already padded inputs, as int32.
+
+    Args:
+      xbits: (N, H, W, Cw) uint32, the packed +-1 input (padding included).
+      wbits: (kh * kw, Cw, O) uint32 from ``pack_weight_signs``.
+      n_bits: K = kh * kw * C, the number of real +-1 products per output.
+      layout: 'direct' (one fusion over (N, Ho, Wo, O)) or 'blocked' (output channel blocks of
+        ``block`` outermost, so that a block's weights stay in cache; then transposed back).
+    Returns (N, Ho, Wo, O) int32 = K - 2 * popcount(x XOR w) summed over taps and words.
+    """
+    kh, kw = kernel_size
+    sh, sw = strides
+    n, h, w, cw = xbits.shape
+    t, cw2, o = wbits.shape
+    if (t, cw2) != (kh * kw, cw):
+        raise ValueError(f"packed weights {wbits.shape} do not match kernel {kh}x{kw} and {cw} input words")
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if layout == "blocked" and o % block == 0 and o > block:
+        wv = wbits.reshape(t, cw, o // block, 1, 1, 1, block)
+        lead = (None,)
+    elif layout in LAYOUTS:
+        wv, lead = wbits, ()
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    acc = None
+    for tap in range(t):
+        dy, dx = divmod(tap, kw)
+        for j in range(cw):
+            a = xbits[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, j]
+            a = a[(*lead, Ellipsis, None)]
+            term = lax.population_count(a ^ wv[tap, j]).astype(jnp.int32)
+            acc = term if acc is None else acc + term
+    out = n_bits - 2 * acc
+    if lead:
+        out = jnp.moveaxis(out, 0, -2).reshape(n, ho, wo, o)
+    return out
+
+
+def border_correction(wsum: np.ndarray, in_hw: Sequence[int], strides: Sequence[int],
+                      padding: Sequence[Sequence[int]], pad_sign: float = 1.0) -> np.ndarray:
+    """What padding with ``pad_sign`` (+-1) adds to each output of a conv whose exact padding is 0.
+
+    ``wsum`` (kh, kw, O) holds sum_c w[dy, dx, c, o]; the result (Ho, Wo, O) int64 is
+    ``pad_sign * sum_{taps of output (i, j) that fall outside the input} wsum[tap]``, nonzero only
+    on the border. Subtracting it from a +-1-padded convolution gives the zero-padded one exactly.
+    """
+    kh, kw, _ = wsum.shape
+    h, w = in_hw
+    (pt, pb), (pl, pr) = padding
+    ho, wo = out_size(h, kh, strides[0], (pt, pb)), out_size(w, kw, strides[1], (pl, pr))
+    rows = np.arange(ho)[:, None] * strides[0] + np.arange(kh)[None, :] - pt
+    cols = np.arange(wo)[:, None] * strides[1] + np.arange(kw)[None, :] - pl
+    row_out = (rows < 0) | (rows >= h)
+    col_out = (cols < 0) | (cols >= w)
+    outside = row_out[:, None, :, None] | col_out[None, :, None, :]  # (Ho, Wo, kh, kw)
+    return pad_sign * np.einsum("hwyx,yxo->hwo", outside.astype(np.int64), np.asarray(wsum, np.int64))
+
+
+def binary_conv(x: Array, bits: Array, in_channels: int, kernel_size: Sequence[int], strides: Sequence[int],
+                padding: Sequence[Sequence[int]], pad_value: float, sign_zero: float = 1.0,
+                wsum: np.ndarray | None = None, layout: str = "direct") -> Array:
+    """The integer conv(sign(x), w) of a binary layer, its padding value ``pad_value`` exact.
+
+    ``x`` is real (N, H, W, C); its signs are packed, padded spatially (with ``pad_value``, or with
+    +1 and then corrected by ``border_correction`` of ``wsum`` when ``pad_value`` is 0) and
+    convolved by ``xnor_conv``. Returns int32 (N, Ho, Wo, O).
+    """
+    (pt, pb), (pl, pr) = padding
+    padded = any((pt, pb, pl, pr))
+    if pad_value not in (0.0, 1.0, -1.0):
+        raise ValueError(f"pad_value must be 0, 1 or -1, got {pad_value!r}")
+    if padded and pad_value == 0.0 and wsum is None:
+        raise ValueError("zero padding needs the weights' per-tap sums (wsum) for the border correction")
+    xb = pack_signs(x, sign_zero)
+    if padded:
+        # +1 is bit 0 in every word; -1 is bit 1 on the real channels only (padding channels stay 0).
+        word = 0
+        if pad_value == -1.0:
+            word = np.zeros(xb.shape[-1], np.uint32)
+            full, rest = divmod(in_channels, WORD_BITS)
+            word[:full] = 0xFFFFFFFF
+            if rest:
+                word[full] = (1 << rest) - 1
+        xb = jnp.pad(xb, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        if pad_value == -1.0:
+            h, w = x.shape[1:3]
+            inside = np.zeros((h + pt + pb, w + pl + pr, 1), bool)
+            inside[pt:pt + h, pl:pl + w] = True
+            xb = jnp.where(inside, xb, jnp.asarray(word))
+    kh, kw = kernel_size
+    acc = xnor_conv(xb, bits, kh * kw * in_channels, kernel_size, strides, layout)
+    if padded and pad_value == 0.0:
+        corr = border_correction(wsum, x.shape[1:3], strides, padding)
+        acc = acc - jnp.asarray(corr.astype(np.int32))
+    return acc
+
+
+# ------------------------------------------------------------------------------------------- programs
+
+
+def check_program(program: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+    """Raises ValueError naming the first op that is unknown, lacks a field or names a missing array."""
+    for i, op in enumerate(program["ops"]):
+        kind = op.get("op")
+        if kind not in OPS:
+            raise ValueError(f"op {i}: unknown op {kind!r}; valid: {', '.join(OPS)}")
+        missing = [f for f in ("src", "dst", *OPS[kind]) if f not in op]
+        if missing:
+            raise ValueError(f"op {i} ({kind}): missing field(s) {missing}")
+        for f in ("kernel", "bias", "scale", "slope", "bits", "wsum"):
+            if f in op and op[f] not in arrays:
+                raise ValueError(f"op {i} ({kind}): array {op[f]!r} not found")
+
+
+def _pool(x: Array, init: float, fn: Any, window: int, strides: int, padding: int) -> Array:
+    p = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    return lax.reduce_window(x, jnp.asarray(init, x.dtype), fn, (1, window, window, 1), (1, strides, strides, 1), p)
+
+
+def float_binary_conv(x: Array, weights: Array, strides: Sequence[int], padding: Sequence[Sequence[int]],
+                      pad_value: float, sign_zero: float = 1.0) -> Array:
+    """The same binary layer in float: sign(x) padded with ``pad_value``, XLA's float convolution
+    with the +-1 ``weights`` (HWIO). The float reference path of a program."""
+    s = jnp.where(x > 0, 1.0, jnp.where(x < 0, -1.0, sign_zero)).astype(x.dtype)
+    (pt, pb), (pl, pr) = padding
+    s = jnp.pad(s, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad_value)
+    return lax.conv_general_dilated(s, weights.astype(x.dtype), tuple(strides), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Array,
+                static: Mapping[str, np.ndarray], dtype: Any = jnp.float32, layout: str = "direct",
+                binary: str = "packed") -> Array:
+    """Runs ``program`` on the NHWC batch ``x``; traceable (``static`` holds numpy arrays used at
+    trace time: the per-tap weight sums of zero-padded binary convs).
+
+    ``binary='float'`` computes the binary convolutions as float convolutions of sign(x) with the
+    +-1 weights (``arrays[bits + '.float']``, HWIO), the same network without bit-packing: the
+    float XLA baseline of ``bench/latency.py``."""
+    regs: dict[str, Array] = {program.get("input", "input"): x.astype(dtype)}
+
+    def arr(name: str) -> Array:
+        return arrays[name].astype(dtype)
+
+    for op in program["ops"]:
+        kind = op["op"]
+        src = [regs[s] for s in op["src"]] if isinstance(op["src"], list) else regs[op["src"]]
+        if kind == "conv":
+            (sh, sw), pad = op["strides"], [tuple(p) for p in op["padding"]]
+            y = lax.conv_general_dilated(src, arr(op["kernel"]), (sh, sw), pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        elif kind == "dense":
+            y = src @ arr(op["kernel"]) + arr(op["bias"])
+        elif kind == "affine":
+            y = src * arr(op["scale"]) + arr(op["bias"])
+        elif kind == "bias":
+            y = src + arr(op["bias"])
+        elif kind == "prelu":
+            y = jnp.where(src > 0, src, arr(op["slope"]) * src)  # PyTorch's PReLU test: x > 0
+        elif kind == "maxpool":
+            y = _pool(src, -jnp.inf, lax.max, op["window"], op["strides"], op["padding"])
+        elif kind == "avgpool":
+            y = _pool(src, 0.0, lax.add, op["window"], op["strides"], 0) / (op["window"] ** 2)
+        elif kind == "global_avg_pool":
+            y = jnp.mean(src, axis=(1, 2))
+        elif kind == "add":
+            y = src[0] + src[1]
+        elif kind == "binary_conv" and binary == "float":
+            acc = float_binary_conv(src, arrays[op["bits"] + ".float"], op["strides"], op["padding"],
+                                    op["pad_value"], op["sign_zero"])
+            y = acc * arr(op["scale"]) + arr(op["bias"])
+        elif kind == "binary_conv":
+            acc = binary_conv(src, arrays[op["bits"]], op["in_channels"], op["kernel_size"], op["strides"],
+                              op["padding"], op["pad_value"], op["sign_zero"], static.get(op.get("wsum", "")),
+                              layout)
+            y = acc.astype(dtype) * arr(op["scale"]) + arr(op["bias"])
+        else:  # check_program refuses unknown ops before tracing
+            raise ValueError(f"unknown op {kind!r}")
+        regs[op["dst"]] = y
+    return regs[program.get("output", "output")]
+
+
+class PackedNetwork:
+    """A packed program with its arrays on the device, jit-compiled end to end.
+
+    ``net(x)`` returns the outputs (logits) of the NHWC float batch ``x`` as a jax Array. On the
+    CPU the compiled code prefers 512-bit vectors (``xla_cpu_prefer_vector_width``): LLVM's default
+    of 256 bits halves the width of the popcount loops on AVX-512 CPUs (measured 1.4-2.3x slower).
+    """
+
+    def __init__(self, program: Mapping[str, Any], arrays: Mapping[str, np.ndarray], dtype: Any = jnp.float32,
+                 layout: str = "direct", binary: str = "packed"):
+        check_program(program, arrays)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if binary not in ("packed", "float"):
+            raise ValueError(f"binary must be 'packed' or 'float', got {binary!r}")
+        self.program, self.dtype, self.layout, self.binary = dict(program), dtype, layout, binary
+        binary_ops = [op for op in program["ops"] if op["op"] == "binary_conv"]
+        static_names = {op["wsum"] for op in binary_ops if "wsum" in op}
+        self.static = {k: np.asarray(arrays[k]) for k in static_names}
+        arrays = dict(arrays)
+        if binary == "float":
+            for op in binary_ops:
+                arrays[op["bits"] + ".float"] = unpack_weight_signs(arrays[op["bits"]], op["kernel_size"],
+                                                                    op["in_channels"])
+                del arrays[op["bits"]]
+        self.arrays = {k: jnp.asarray(v) for k, v in arrays.items() if k not in static_names}
+        options = {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
+        self._fn = jax.jit(self._apply, compiler_options=options)
+
+    def _apply(self, arrays: Mapping[str, Array], x: Array) -> Array:
+        return run_program(self.program, arrays, x, self.static, self.dtype, self.layout, self.binary)
+
+    def __call__(self, x: Any) -> Array:
+        return self._fn(self.arrays, jnp.asarray(x))
