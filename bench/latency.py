@@ -69,8 +69,8 @@ ALL_THREADS = os.cpu_count() or 1
 PAUSE_S = 0.05  # between timed calls: lets the other framework's spinning worker threads go idle
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call, timed round-robin (machine noise hits every candidate alike), with
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, timed round-robin (machine noise hits them alike), with
     a pause before each call: XLA's and PyTorch's thread pools spin for a while after their work,
     and on two cores a spinning pool starves the next candidate's second thread (measured: PyTorch
     with 2 threads 10x slower right after an XLA call without the pause)."""
@@ -84,7 +84,13 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int, warmup: 
             t0 = time.perf_counter()
             block(fn())
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def _stats(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(medians in seconds, {'ms': medians, 'ms_min': minima} in milliseconds)."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return med, {"ms": {k: v * 1e3 for k, v in med.items()}, "ms_min": {k: min(v) * 1e3 for k, v in times.items()}}
 
 
 def _jit(fn: Callable) -> Callable:
@@ -163,9 +169,9 @@ def bench_layers(size: int, batches: list[int], rounds: int) -> list[dict[str, A
                     fns["im2col_words"] = lambda f=im, a=xb, bt=bits: f(a, bt)
             for threads, label in ((1, "torch_1t"), (ALL_THREADS, "torch_all")):
                 fns[label] = _torch(lambda a=xt, b=wt, s=stride, p=pad: F.conv2d(a, b, None, s, p), threads)
-            t = interleaved_medians(fns, rounds)
+            t, ms = _stats(interleaved(fns, rounds))
             row = {"layer": name, "batch": batch, "input": [h, h, cin], "out_channels": cout, "stride": stride,
-                   "kernel": k, "ms": {key: v * 1e3 for key, v in t.items()}}
+                   "kernel": k, **ms}
             if not stem:
                 row["speedup_vs_xla_float"] = {key: t["xla_float"] / t[key] for key in t if key.startswith(("packed",
                                                                                                          "im2col"))}
@@ -283,8 +289,8 @@ def bench_models(names: list[str], size: int, batches: list[int], rounds: int) -
             agree = {k: float(np.mean(o.argmax(-1) == outs["packed"].argmax(-1))) for k, o in outs.items()}
             diff = {k: float(np.abs(o - outs["xla_float"]).max()) for k, o in outs.items() if k != "packed_pad1"}
             t0 = time.perf_counter()
-            t = interleaved_medians(fns, rounds, warmup=0)
-            row = {"model": name, "batch": batch, "size": size, "ms": {k: s * 1e3 for k, s in t.items()},
+            t, ms = _stats(interleaved(fns, rounds, warmup=0))
+            row = {"model": name, "batch": batch, "size": size, **ms,
                    "speedup_of_packed": {k: s / t["packed"] for k, s in t.items()},
                    "top1_agreement_with_packed": agree, "max_abs_logit_diff_vs_xla_float": diff,
                    "export_bytes": sizes["total"], "float32_bytes": export.float32_size(v),
@@ -331,11 +337,10 @@ def plot(layers: list[dict[str, Any]], nets: list[dict[str, Any]], path: Path) -
         for key, m in markers.items():
             ax.scatter(r["ops"] / 1e8 if key.startswith("packed") else (r["flops"] + r["bops"]) / 1e8,
                        r["ms"][key], marker=m, label=f"{r['model']} {key}")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("OPs (x1e8): FLOPs + BOPs/64 packed, FLOPs + BOPs as float")
+    ax.set_xlabel("operations per image (x1e8): FLOPs + BOPs/64 when packed, FLOPs + BOPs in float")
     ax.set_ylabel("latency, batch 1 (ms)")
-    ax.set_title("end to end, 224x224")
+    ax.set_title("end to end, medians (log scale)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

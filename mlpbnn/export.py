@@ -234,8 +234,6 @@ class _Builder:
             "in_channels": int(cin), "kernel_size": [int(kh), int(kw)], "strides": strides, "padding": pad,
             "pad_value": pad_value, "sign_zero": sign_zero,
             "scale": self.put(f"{call.path}/scale", alpha * mul), "bias": self.put(f"{call.path}/bias", shift)}
-        if pad_value == 0.0 and any(any(p) for p in pad):
-            fields["wsum"] = self.put(f"{call.path}/wsum", signs.sum(axis=2), np.int32)
         self.binary_bits += signs.size
         self.emit("binary_conv", src, dst, **fields)
 
@@ -416,8 +414,7 @@ def save(out_dir: str | Path, program: Mapping[str, Any], arrays: Mapping[str, n
             os.fsync(f.fileno())
         binary = sum(a.nbytes for a in arrays.values() if a.dtype == np.uint32)
         sizes = {"weights_file": (tmp / ARRAYS).stat().st_size, "binary_weight_bytes": int(binary),
-                 "real_bytes": int(sum(a.nbytes for a in arrays.values() if a.dtype == np.float32)),
-                 "int_bytes": int(sum(a.nbytes for a in arrays.values() if a.dtype == np.int32))}
+                 "real_bytes": int(sum(a.nbytes for a in arrays.values() if a.dtype == np.float32))}
         doc = {**program, **meta, "sizes": {**sizes, **meta.get("sizes", {})}}
         with open(tmp / PROGRAM, "w") as f:
             f.write(json.dumps(doc, indent=1) + "\n")

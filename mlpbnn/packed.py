@@ -237,7 +237,7 @@ def check_program(program: Mapping[str, Any], arrays: Mapping[str, Any]) -> None
         missing = [f for f in ("src", "dst", *OPS[kind]) if f not in op]
         if missing:
             raise ValueError(f"op {i} ({kind}): missing field(s) {missing}")
-        for f in ("kernel", "bias", "scale", "slope", "bits", "wsum"):
+        for f in ("kernel", "bias", "scale", "slope", "bits"):
             if f in op and op[f] not in arrays:
                 raise ValueError(f"op {i} ({kind}): array {op[f]!r} not found")
 
@@ -261,8 +261,8 @@ def float_binary_conv(x: Array, weights: Array, strides: Sequence[int], padding:
 def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Array,
                 static: Mapping[str, np.ndarray], dtype: Any = jnp.float32, layout: str = "direct",
                 binary: str = "packed") -> Array:
-    """Runs ``program`` on the NHWC batch ``x``; traceable (``static`` holds numpy arrays used at
-    trace time: the per-tap weight sums of zero-padded binary convs).
+    """Runs ``program`` on the NHWC batch ``x``; traceable. ``static``: numpy arrays used at trace
+    time, the per-tap weight sums (kh, kw, O) of the zero-padded binary convs by their ``bits`` name.
 
     ``binary='float'`` computes the binary convolutions as float convolutions of sign(x) with the
     +-1 weights (``arrays[bits + '.float']``, HWIO), the same network without bit-packing: the
@@ -301,8 +301,7 @@ def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Arra
             y = acc * arr(op["scale"]) + arr(op["bias"])
         elif kind == "binary_conv":
             acc = binary_conv(src, arrays[op["bits"]], op["in_channels"], op["kernel_size"], op["strides"],
-                              op["padding"], op["pad_value"], op["sign_zero"], static.get(op.get("wsum", "")),
-                              layout)
+                              op["padding"], op["pad_value"], op["sign_zero"], static.get(op["bits"]), layout)
             y = acc.astype(dtype) * arr(op["scale"]) + arr(op["bias"])
         else:  # check_program refuses unknown ops before tracing
             raise ValueError(f"unknown op {kind!r}")
@@ -327,15 +326,17 @@ class PackedNetwork:
             raise ValueError(f"binary must be 'packed' or 'float', got {binary!r}")
         self.program, self.dtype, self.layout, self.binary = dict(program), dtype, layout, binary
         binary_ops = [op for op in program["ops"] if op["op"] == "binary_conv"]
-        static_names = {op["wsum"] for op in binary_ops if "wsum" in op}
-        self.static = {k: np.asarray(arrays[k]) for k in static_names}
+        # Per-tap weight sums for the border correction of zero-padded layers, from the bits (numpy,
+        # used at trace time: the correction becomes a constant of the compiled program).
+        self.static = {op["bits"]: unpack_weight_signs(arrays[op["bits"]], op["kernel_size"], op["in_channels"]).sum(
+            axis=2).astype(np.int64) for op in binary_ops if op["pad_value"] == 0.0}
         arrays = dict(arrays)
         if binary == "float":
             for op in binary_ops:
                 arrays[op["bits"] + ".float"] = unpack_weight_signs(arrays[op["bits"]], op["kernel_size"],
                                                                     op["in_channels"])
                 del arrays[op["bits"]]
-        self.arrays = {k: jnp.asarray(v) for k, v in arrays.items() if k not in static_names}
+        self.arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
         options = {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
         self._fn = jax.jit(self._apply, compiler_options=options)
 

@@ -142,8 +142,7 @@ def test_bireal_resnet18_packed_equals_fake_quantized():
     correction, small-input stem), random weights and BN statistics."""
     x = np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype(np.float32)
     program, arrays = _check_parity("bireal_resnet18", {"num_classes": 10, "small_inputs": True}, x)
-    assert sum(op["op"] == "binary_conv" for op in program["ops"]) == 16
-    assert all("wsum" in op for op in program["ops"] if op["op"] == "binary_conv")
+    assert [op["pad_value"] for op in program["ops"] if op["op"] == "binary_conv"] == [0.0] * 16
 
 
 @pytest.mark.parametrize("name,kwargs,size", [
@@ -162,7 +161,7 @@ def test_variants_packed_equal_fake_quantized(name, kwargs, size):
     pad_value = kwargs.get("pad_value", 0.0)
     for op in program["ops"]:
         if op["op"] == "binary_conv":
-            assert op["pad_value"] == pad_value and ("wsum" in op) == (pad_value == 0.0)
+            assert op["pad_value"] == pad_value
 
 
 def test_refusals():
@@ -290,3 +289,35 @@ def test_trained_digits_model_same_predictions_through_the_cli(tmp_path, capsys)
     np.testing.assert_allclose(logits, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
     accuracy = float(np.mean(logits.argmax(-1) == data.y_test))
     assert accuracy > 0.5  # trained (chance is 0.1)
+
+
+def test_infer_cli_on_image_files_and_npy(tmp_path, capsys):
+    """Image files go through the export's input spec; the same pixels as a preprocessed .npy give
+    the same logits, in input order, and a batch with another image size runs too."""
+    from PIL import Image
+
+    name, kw = "bireal_resnet18", {"num_classes": 10, "width": 8, "stage_sizes": (1, 1), "small_inputs": True}
+    model = models.create(name, **kw)
+    v = _randomised(model, jnp.zeros((1, 8, 8, 1)))
+    spec = export.input_spec("digits")
+    program, arrays = export.build(v, name, kw, spec)
+    export.save(tmp_path / "packed", program, arrays, {"input_spec": spec})
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(tmp_path / f"{i}.png")
+    pngs = [str(tmp_path / f"{i}.png") for i in range(3)]
+    np.save(tmp_path / "same.npy", np.stack([infer.preprocess(p, spec) for p in pngs]))
+    np.save(tmp_path / "big.npy", rng.standard_normal((2, 12, 12, 1)).astype(np.float32))
+    capsys.readouterr()
+    args = [str(tmp_path / "packed"), *pngs, str(tmp_path / "big.npy"), str(tmp_path / "same.npy"), "--batch-size", "2"]
+    assert infer.main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["input"].rsplit("/", 1)[-1], r["index"]) for r in rows] == [
+        ("0.png", 0), ("1.png", 0), ("2.png", 0), ("big.npy", 0), ("big.npy", 1), ("same.npy", 0), ("same.npy", 1),
+        ("same.npy", 2)]
+    for a, b in zip(rows[:3], rows[5:], strict=True):
+        assert a["logits"] == b["logits"] and a["top1"] == b["top1"] == int(np.argmax(a["logits"]))
+        assert len(a["topk"]) == 5 and a["topk"][0] == a["top1"]
+    direct = np.asarray(packed.PackedNetwork(program, arrays)(np.load(tmp_path / "big.npy")))
+    np.testing.assert_allclose([r["logits"] for r in rows[3:5]], direct, rtol=1e-6)
+    assert infer.main([str(tmp_path / "packed"), str(tmp_path / "nope.txt")]) == 2
