@@ -1,23 +1,32 @@
-"""Estimator study: one small binary ResNet on Fashion-MNIST, trained with every sign estimator
-on both weights and activations (plus BBC's official split: MLP on weights, ApproxSign on
-activations), three seeds each, equal budgets. Reports final test top-1 (mean, std, per seed),
-test-accuracy curves and, for the learnable estimators, the learned slope at 0 over training.
+"""Estimator study: one binary ResNet on Fashion-MNIST, trained with every sign estimator on both
+weights and activations (plus BBC's official split: MLP on weights, ApproxSign on activations),
+three seeds each, equal budgets. Reports final test top-1 (mean, std, per seed), test-accuracy
+curves and, for the learnable estimators, the learned slope at 0 over training.
 
-    python -m bench.estimator_study                    # the full study (36 runs, ~36 min on 2 busy CPU cores)
-    python -m bench.estimator_study --quick --out /tmp/q.json   # CI smoke test (< 1 min)
+    python -m bench.estimator_study                    # the short study (12 rows x 3 seeds, 200 steps of 64)
+    python -m bench.estimator_study --budget           # the real budget (GPU): 10 epochs, batch 256, full width
+    python -m bench.estimator_study --budget --throughput 1,3 --rows ste,mlp_pos,split_pos   # measure first
+    python -m bench.estimator_study --quick --out /tmp/q.json   # CI smoke test
 
-Every run goes through ``mlpbnn.train.run(config, workdir)`` in-process, in a temporary
-directory (``--workdir`` to choose one, ``--keep`` to keep it). The slope curves are read back
-from the run's checkpoints (one per evaluation) plus the initial theta, which is recomputed
-exactly as the trainer initialises it. Writes ``bench/results/estimator_study.json`` and
-``.png`` (or ``--out``).
+The seeds of a row train together as one compiled program (``mlpbnn.study``: the trainer's step
+vmapped over the copies; each seed's initialisation and input order are those of
+``mlpbnn.train.run`` with that seed). Writes ``bench/results/estimator_study.json`` and ``.png``
+(or ``--out``); ``--throughput`` instead writes the images/s of the rows' programs at K copies and
+extrapolates the study's wall time from them.
 
-Setup (fixed for all rows): ``bireal_resnet18`` with ``small_inputs``, ``width`` 16 and
-``stage_sizes`` (1, 1, 1): three stages, because four stride-2 stages do not fit 28x28 inputs
-(the last stage's 7 -> 4 conv output cannot be added to its 7 -> 3 AvgPool shortcut); 200 steps
-of batch 64 (0.21 epochs; 36 runs took 36 minutes on 2 CPU cores shared with other jobs, the
-MLP on activations costing about 4x the step of the others), test top-1 every 50 steps, Adam
-2.5e-3 with linear decay to 0, the estimator's own Adam 1e-3 (constant), no augmentation.
+Short setup (the defaults): ``bireal_resnet18`` with ``small_inputs``, ``width`` 16 and
+``stage_sizes`` (1, 1, 1) on the 28x28 images: three stages, because four stride-2 stages do not
+fit 28x28 inputs (the last stage's 7 -> 4 conv output cannot be added to its 7 -> 3 AvgPool
+shortcut); 200 steps of batch 64 (0.21 epochs), test top-1 every 50 steps, Adam 2.5e-3 with
+linear decay to 0, the estimator's own Adam 1e-3 (constant), no augmentation.
+
+``--budget``: the full-width network (width 64, stages (2, 2, 2, 2): bireal_resnet18 with
+``small_inputs``) on the images zero-padded to 32x32 (``--pad 2``, the normalised value of a black
+pixel, as torchvision's Pad before Normalize), 10 epochs (2,344 steps) of batch 256, test top-1
+every 235 steps (about an epoch). Batch 256 is four times the short setup's, so both learning rates
+are scaled by sqrt(4) = 2 (Adam 5e-3, estimator Adam 2e-3): the square-root rule for adaptive
+optimizers (Malladi et al., arXiv 2205.10287). BBC's ImageNet recipe uses 2.5e-3 at batch 256.
+
 ``estimator.share=True`` as the model does it: one theta for all weight binarizers
 (``weight_estimator``) and a separate one for all activation binarizers (``input_estimator``),
 so an estimator "on both" has two independent thetas.
@@ -31,27 +40,24 @@ slope reverses the gradient through every binarizer; the ``*_pos`` rows repeat `
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import shutil
+import math
 import statistics
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bench.common import RESULTS, machine
-from mlpbnn import estimators
-from mlpbnn import layers as L
-from mlpbnn.train import base_config, run
-from mlpbnn.train.metrics import read_metrics
+from mlpbnn import data, estimators
+from mlpbnn.data.base import Batch, ClassificationDataset
+from mlpbnn.data.small import FASHION_MEAN, FASHION_STD
+from mlpbnn.study import Copy, Study
+from mlpbnn.train import base_config
 
 # (row id, weights estimator, activations estimator)
 ROWS: list[tuple[str, str, str]] = [
@@ -71,9 +77,28 @@ ROWS: list[tuple[str, str, str]] = [
 ROW_SPECS = {r[0]: r[1:] for r in ROWS}
 QUICK_ROWS = ("ste", "mlp_pos")
 THETA_NAMES = {"weights": "weight_estimator", "activations": "input_estimator"}
+TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
+BLACK = -FASHION_MEAN / FASHION_STD   # a black pixel after the dataset's normalisation
+# --budget: (option, value); the learning rates by the square-root rule from batch 64 to 256.
+QUICK = {"rows": ",".join(QUICK_ROWS), "seeds": "0", "steps": 20, "epochs": 0.0, "eval_every": 10, "log_every": 10,
+         "batch": 64, "width": 8, "stages": "1"}
+BUDGET = {"epochs": 10.0, "batch": 256, "lr": 5e-3, "estimator_lr": 2e-3, "width": 64, "stages": "2,2,2,2",
+          "pad": 2, "eval_every": 235, "log_every": 47}
+
+
+def with_backward(spec: str, backward: str) -> str:
+    """``spec`` with ``backward=...`` added when it is ``mlp`` or ``linear`` (the forms of their
+    backward, ``mlpbnn.estimators.mlp_backward``) and ``backward`` is not ``auto``."""
+    est = estimators.parse(spec)
+    if backward == "auto" or est is None or est.name not in ("mlp", "linear"):
+        return spec
+    name, _, rest = spec.partition("(")
+    inner = rest.rstrip(")").strip()
+    return f"{name}({inner + ', ' if inner else ''}backward={backward!r})"
 
 
 def make_config(weights: str, activations: str, seed: int, args: argparse.Namespace) -> Any:
+    weights, activations = with_backward(weights, args.backward), with_backward(activations, args.backward)
     c = base_config()
     c.seed = seed
     c.model.name = "bireal_resnet18"
@@ -90,16 +115,45 @@ def make_config(weights: str, activations: str, seed: int, args: argparse.Namesp
     c.eval_batch_size = args.eval_batch
     c.num_train_steps = args.steps
     c.eval_every_steps = args.eval_every
-    c.checkpoint_every_steps = args.eval_every   # one checkpoint per evaluation: the slope curve
     c.log_every_steps = args.log_every
-    c.keep_checkpoints = 10_000
+    c.checkpoint_every_steps = args.log_every   # unused by the study; validated by the trainer's rules
     c.best_metric = ""
     c.progress_bar = False
     c.num_devices = 1
-    c.optimizer.learning_rate = 2.5e-3
+    c.optimizer.learning_rate = args.lr
     c.optimizer.schedule = "linear"
-    c.optimizer.estimator.learning_rate = 1e-3
+    c.optimizer.estimator.learning_rate = args.estimator_lr
     return c
+
+
+class Padded(ClassificationDataset):
+    """A classification dataset with its images padded by ``pad`` pixels of ``value`` on each side."""
+
+    def __init__(self, inner: ClassificationDataset, pad: int, value: float):
+        self.inner, self.pad, self.value = inner, pad, value
+        h, w, c = inner.image_shape
+        self.image_shape = (h + 2 * pad, w + 2 * pad, c)
+        self.train_size, self.eval_size, self.num_classes = inner.train_size, inner.eval_size, inner.num_classes
+
+    def _images(self, batch: Batch) -> Batch:
+        p = self.pad
+        return {**batch, "images": np.pad(batch["images"], ((0, 0), (p, p), (p, p), (0, 0)),
+                                          constant_values=np.float32(self.value))}
+
+    def train_batches(self, position: int, global_batch: int, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[tuple[Batch, int]]:
+        for batch, pos in self.inner.train_batches(position, global_batch, process_index, process_count):
+            yield self._images(batch), pos
+
+    def eval_batches(self, global_batch: int, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+        for batch in self.inner.eval_batches(global_batch, process_index, process_count):
+            yield self._images(batch)
+
+
+def datasets(config: Any, seeds: list[int], pad: int) -> list[ClassificationDataset]:
+    """One Fashion-MNIST per seed (its input order), padded when ``pad`` > 0."""
+    out = [data.create(config.data, s) for s in seeds]
+    return [Padded(d, pad, BLACK) for d in out] if pad else out
 
 
 def slope0(est: estimators.Estimator, theta: dict[str, Any]) -> float:
@@ -113,44 +167,6 @@ def slope0(est: estimators.Estimator, theta: dict[str, Any]) -> float:
     return float(est.derivative(theta, jnp.zeros((), jnp.float32)))
 
 
-class _Thetas(nn.Module):
-    """Only the network's shared estimator-theta modules, under the names the model gives them."""
-
-    weights: estimators.Estimator | None
-    activations: estimators.Estimator | None
-
-    @nn.compact
-    def __call__(self) -> None:
-        L.EstimatorParams(self.activations, name=THETA_NAMES["activations"])()
-        L.EstimatorParams(self.weights, name=THETA_NAMES["weights"])()
-
-
-def initial_estimator_theta(config: Any) -> dict[str, Any]:
-    """The estimator collection at step 0, as the trainer initialises it (key fold_in(seed, 0)).
-
-    Flax derives a module's RNG from the root key and the module's name path, so initialising
-    just the two ``EstimatorParams`` modules under their model names gives the model's exact
-    theta (tests/test_estimator_study.py checks this against a full ``model.init``) without
-    building the network."""
-    module = _Thetas(estimators.parse(config.estimator.weights), estimators.parse(config.estimator.activations))
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return jax.device_get(dict(module.init(key)).get("estimator", {}))
-
-
-def checkpoint_thetas(workdir: Path) -> dict[int, dict[str, Any]]:
-    """{step: estimator collection} of every checkpoint the run kept (restored without template)."""
-    import orbax.checkpoint as ocp
-
-    out = {}
-    ckpt = ocp.StandardCheckpointer()
-    for d in sorted((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-        if d.name.isdigit() and (d / "state").is_dir():
-            state = ckpt.restore(d / "state")
-            out[int(d.name)] = jax.device_get(state.get("estimator", {}))
-    ckpt.close()
-    return out
-
-
 def forward_sign(est: estimators.Estimator, theta: dict[str, Any]) -> float:
     """The forward's value just right of 0: +1 for every estimator but ``classifier``, whose
     forward is +-sign(x) depending on theta (argmax of f_1 - f_0)."""
@@ -158,47 +174,60 @@ def forward_sign(est: estimators.Estimator, theta: dict[str, Any]) -> float:
     return float(est(theta, jnp.asarray(1e-3, jnp.float32)))
 
 
-def slope_curves(config: Any, workdir: Path) -> tuple[dict[str, list[list[float]]], dict[str, list[list[float]]]]:
-    """({'weights' | 'activations': [[step, slope at 0], ...]}, the same with the forward's sign
-    just right of 0 instead of the slope) for each learnable side. The gradient through a
-    binarizer points the right way when slope x forward sign > 0."""
+def learnable_sides(config: Any) -> dict[str, estimators.Estimator]:
     sides = {side: estimators.parse(config.estimator[side]) for side in THETA_NAMES}
-    sides = {s: e for s, e in sides.items() if e is not None and e.learnable}
-    if not sides:
-        return {}, {}
-    thetas = sorted({0: initial_estimator_theta(config), **checkpoint_thetas(workdir)}.items())
-    slopes = {side: [[step, slope0(est, tree[THETA_NAMES[side]])] for step, tree in thetas]
-              for side, est in sides.items()}
-    signs = {side: [[step, forward_sign(est, tree[THETA_NAMES[side]])] for step, tree in thetas]
-             for side, est in sides.items()}
-    return slopes, signs
+    return {s: e for s, e in sides.items() if e is not None and e.learnable}
 
 
-def run_one(row: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run_row(row: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The row's seeds as one vmapped program; one result per seed."""
     weights, activations = ROW_SPECS[row]
-    config = make_config(weights, activations, seed, args)
-    workdir = root / f"{row}_seed{seed}"
-    if workdir.exists():
-        shutil.rmtree(workdir)  # the trainer would resume from it; every run starts fresh
+    config = make_config(weights, activations, args.seeds[0], args)
+    study = Study(config, [Copy(s) for s in args.seeds], datasets(config, args.seeds, args.pad))
     t0 = time.perf_counter()
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log) if args.silent else contextlib.nullcontext():
-        final = run(config, workdir)
+    result = study.run(log=None if args.silent else (lambda msg: print(f"  [{row}] {msg}", flush=True)))
     seconds = time.perf_counter() - t0
-    slopes, signs = slope_curves(config, workdir)
-    evals = read_metrics(workdir, "eval")
-    trains = read_metrics(workdir, "train")
-    result = {
-        "row": row, "seed": seed, "weights": weights, "activations": activations,
-        "final_top1": final["top1"], "final_loss": final["loss"], "seconds": round(seconds, 2),
-        "eval_curve": [[r["step"], r["top1"], r["loss"]] for r in evals],
-        "train_curve": [[r["step"], r["top1"], r["loss"]] for r in trains],
-        "slope_at_zero": slopes,
-        "forward_sign": signs,
-    }
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return result
+    sides = learnable_sides(config)
+    runs = []
+    for i, seed in enumerate(args.seeds):
+        thetas = result.estimator[i]
+        final = result.eval[i][-1]
+        runs.append({
+            "row": row, "seed": seed, "weights": weights, "activations": activations,
+            "final_top1": final["top1"], "final_loss": final["loss"],
+            "seconds": round(seconds, 2), "compile_seconds": round(result.compile_seconds, 2),
+            "train_seconds": round(result.train_seconds, 2), "eval_seconds": round(result.eval_seconds, 2),
+            "diverged_at": result.diverged_at[i],
+            "eval_curve": [[r["step"], r["top1"], r["loss"]] for r in result.eval[i]],
+            "train_curve": [[r["step"], r["top1"], r["loss"]] for r in result.train[i]],
+            "slope_at_zero": {side: [[step, slope0(est, tree[THETA_NAMES[side]])] for step, tree in thetas]
+                              for side, est in sides.items()},
+            "forward_sign": {side: [[step, forward_sign(est, tree[THETA_NAMES[side]])] for step, tree in thetas]
+                             for side, est in sides.items()},
+        })
+    return runs
+
+
+def throughput(args: argparse.Namespace, ks: list[int]) -> dict[str, Any]:
+    """Images/s of each row's vmapped step at K copies (seeds 0..K-1), and the study's wall time
+    extrapolated from them (training steps only, at K = the number of seeds when measured)."""
+    out: dict[str, Any] = {}
+    for row in args.rows:
+        config = make_config(*ROW_SPECS[row], 0, args)
+        for k in ks:
+            seeds = list(range(k))
+            r = Study(config, [Copy(s) for s in seeds], datasets(config, seeds, args.pad)).benchmark(
+                steps=args.throughput_steps, warmup=args.throughput_warmup)
+            out.setdefault(row, {})[k] = r
+            print(f"{row:<12} K={k:<3} {r['examples_per_sec']:10,.1f} images/s ({r['seconds_per_step'] * 1e3:.1f} ms "
+                  f"per step of {k} x {args.batch}; compiled in {r['compile_seconds']:.1f} s)", flush=True)
+    k = len(args.seeds)
+    if all(k in v for v in out.values()):
+        train = sum(args.steps / (v[k]["examples_per_sec"] / (k * args.batch)) for v in out.values())
+        compile_s = sum(v[k]["compile_seconds"] for v in out.values())
+        print(f"estimate for --rows {','.join(args.rows)} with {k} seeds: {train / 60:.1f} min of training steps "
+              f"+ {compile_s / 60:.1f} min compiling (evaluation not included)")
+    return out
 
 
 def summarise(runs: list[dict[str, Any]], rows: list[str]) -> dict[str, Any]:
@@ -280,92 +309,124 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", default=",".join(r[0] for r in ROWS),
                    help=f"comma-separated rows; valid: {', '.join(ROW_SPECS)}")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="trained together, one vmapped program per row")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--eval_every", type=int, default=50)
+    p.add_argument("--epochs", type=float, default=0.0, help="if > 0: steps = ceil(epochs * 60,000 / batch)")
+    p.add_argument("--eval_every", type=int, default=50, help="also at the last step")
     p.add_argument("--log_every", type=int, default=25)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--eval_batch", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=2.5e-3, help="Adam, linear decay to 0")
+    p.add_argument("--estimator_lr", type=float, default=1e-3, help="the estimator's Adam, constant")
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--stages", default="1,1,1", help="blocks per stage (at most 3 stages fit 28x28)")
+    p.add_argument("--stages", default="1,1,1", help="blocks per stage (4 stages need --pad 2)")
+    p.add_argument("--pad", type=int, default=0, help="pad the 28x28 images by this many black pixels per side")
+    p.add_argument("--backward", default="auto", choices=("auto", "matmul", "reduce", "autodiff", "pallas"),
+                   help="the backward form of mlp and linear (speed only)")
     p.add_argument("--data_dir", default="", help="Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--budget", action="store_true",
+                   help="the real budget: " + ", ".join(f"--{k} {v}" for k, v in BUDGET.items())
+                   + " (options given explicitly win)")
     p.add_argument("--quick", action="store_true",
-                   help=f"CI smoke test: rows {','.join(QUICK_ROWS)}, seed 0, width 8, one stage, 20 steps of 64")
-    p.add_argument("--out", default=str(RESULTS / "estimator_study.json"), help="JSON path; the PNG goes beside it")
-    p.add_argument("--workdir", default="", help="parent of the run directories (default: a temporary one)")
-    p.add_argument("--keep", action="store_true", help="keep the run directories")
-    p.add_argument("--no_compile_cache", action="store_true",
-                   help="do not share compiled steps between runs of one row (JAX persistent cache)")
-    p.add_argument("--silent", action="store_true", help="hide the trainer's own output")
+                   help="CI smoke test: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items())
+                   + " (options given explicitly win)")
+    p.add_argument("--throughput", default="", help="comma-separated K: measure images/s of each row's program "
+                   "with K copies instead of training (and extrapolate the study's time)")
+    p.add_argument("--throughput_steps", type=int, default=10)
+    p.add_argument("--throughput_warmup", type=int, default=2)
+    p.add_argument("--out", default="", help="JSON path; the PNG goes beside it (default bench/results/"
+                   "estimator_study[_budget][_throughput].json)")
+    p.add_argument("--append", action="store_true", help="keep the other rows already in --out (same setup) and "
+                   "add or replace these: a long study in several commands")
+    p.add_argument("--silent", action="store_true", help="hide the per-row progress lines")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    if args.quick:
-        args.rows, args.seeds, args.steps, args.eval_every, args.log_every = ",".join(QUICK_ROWS), "0", 20, 10, 10
-        args.batch, args.width, args.stages = 64, 8, "1"
+    given = {a.split("=")[0][2:] for a in argv if a.startswith("--")}
+    for preset, values in (("budget", BUDGET), ("quick", QUICK)):
+        if getattr(args, preset):
+            for k, v in values.items():
+                if k not in given:
+                    setattr(args, k, v)
+    if args.epochs > 0:
+        args.steps = math.ceil(args.epochs * TRAIN_SIZE / args.batch)
+    if not args.out:
+        name = "estimator_study" + ("_budget" if args.budget else "") + ("_throughput" if args.throughput else "")
+        args.out = str(RESULTS / f"{name}.json")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in args.rows if r not in ROW_SPECS]
     if bad:
         p.error(f"unknown row(s) {bad}; valid: {', '.join(ROW_SPECS)}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.stages = [int(s) for s in args.stages.split(",")]
-    if args.steps % args.eval_every or args.eval_every % args.log_every:
-        p.error("--steps must be a multiple of --eval_every, and --eval_every of --log_every")
-    if 10_000 % args.eval_batch:
+    if TEST_SIZE % args.eval_batch:
         p.error("--eval_batch must divide the 10,000 test images")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    out = Path(args.out)
     if args.replot:
-        payload = json.loads(Path(args.out).read_text())
-        plot(payload["summary"], payload["runs"], Path(args.out).with_suffix(".png"), plot_title(payload["setup"]))
+        payload = json.loads(out.read_text())
+        plot(payload["summary"], payload["runs"], out.with_suffix(".png"), plot_title(payload["setup"]))
         return payload
     command = "python -m bench.estimator_study " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="estimator_study_"))
-    root.mkdir(parents=True, exist_ok=True)
-    if not args.no_compile_cache:
-        # Seeds change values, not programs: later seeds of a row load the compiled steps from disk.
-        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    size = 28 + 2 * args.pad
     setup = {"model": "bireal_resnet18", "small_inputs": True, "width": args.width, "stage_sizes": args.stages,
-             "data": "fashion_mnist (60k train / 10k test, no augmentation)", "batch_size": args.batch,
-             "steps": args.steps, "epochs": round(args.steps * args.batch / 60_000, 3),
-             "eval_every_steps": args.eval_every, "optimizer": "adam 2.5e-3, linear decay to 0",
-             "estimator_optimizer": "adam 1e-3, constant", "estimator_share": True, "seeds": args.seeds,
+             "data": f"fashion_mnist (60k train / 10k test, no augmentation, {size}x{size}"
+                     + (f": padded by {args.pad} black pixels" if args.pad else "") + ")",
+             "batch_size": args.batch, "steps": args.steps, "epochs": round(args.steps * args.batch / TRAIN_SIZE, 3),
+             "eval_every_steps": args.eval_every, "optimizer": f"adam {args.lr:g}, linear decay to 0",
+             "estimator_optimizer": f"adam {args.estimator_lr:g}, constant", "estimator_share": True,
+             "mlp_backward": args.backward,
+             "seeds": args.seeds, "program": "the seeds of a row as one vmapped program (mlpbnn.study); a run's "
+                                             "seconds are its row's",
              "thetas": "share=True: one theta for all weight binarizers, a separate one for all activation "
                        "binarizers", "std": "sample standard deviation over seeds (ddof=1)"}
+    if args.throughput:
+        ks = [int(k) for k in args.throughput.split(",")]
+        results = throughput(args, ks)
+        payload = {"machine": machine(), "command": command, "setup": setup, "throughput": results}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {out}")
+        return payload
     runs: list[dict[str, Any]] = []
+    prior_wall, commands = 0.0, [command]
+    if args.append and out.is_file():
+        # Rows of an earlier invocation with the same setup are kept (a long study split into
+        # several commands, e.g. under a per-command time limit); the rows run now replace theirs.
+        prior = json.loads(out.read_text())
+        if prior["setup"] != setup:
+            changed = sorted(k for k in setup if prior["setup"].get(k) != setup[k])
+            raise SystemExit(f"--append: {out} has a different setup ({', '.join(changed)}); use another --out")
+        runs = [r for r in prior["runs"] if r["row"] not in args.rows]
+        prior_wall, commands = prior["wall_seconds"], [*prior.get("commands", [prior["command"]]), command]
+    rows = list(dict.fromkeys([r["row"] for r in runs] + args.rows))
     t0 = time.perf_counter()
-    total = len(args.rows) * len(args.seeds)
-    try:
-        for row in args.rows:
-            for seed in args.seeds:
-                r = run_one(row, seed, args, root)
-                runs.append(r)
-                print(f"[{len(runs)}/{total}] {row} seed {seed}: top-1 {r['final_top1']:.2%} in {r['seconds']:.0f} s "
-                      f"(elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
-                write_results(out, args, command, setup, runs, time.perf_counter() - t0, complete=False)
-    finally:
-        if not args.workdir and not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    for row in args.rows:
+        for r in run_row(row, args):
+            runs.append(r)
+            print(f"{row} seed {r['seed']}: top-1 {r['final_top1']:.2%} (row: {r['seconds']:.0f} s, elapsed "
+                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+        write_results(out, rows, commands, setup, runs, prior_wall + time.perf_counter() - t0, complete=False)
     wall = time.perf_counter() - t0
-    payload = write_results(out, args, command, setup, runs, wall, complete=True)
+    payload = write_results(out, rows, commands, setup, runs, prior_wall + wall, complete=True)
     print("\n" + table(payload["summary"]))
     print("\nslope at 0 (step:value) of the learnable estimators' thetas:\n" + slope_text(runs))
-    print(f"\n{command}\nwall time {wall:.0f} s ({wall / 60:.1f} min) for {len(runs)} runs; wrote {out} and "
-          f"{out.with_suffix('.png')}")
+    print(f"\n{command}\nwall time {wall:.0f} s ({wall / 60:.1f} min) for {len(args.rows) * len(args.seeds)} runs"
+          + (f" ({payload['wall_seconds'] / 60:.1f} min for all {len(runs)} in {out})" if prior_wall else "")
+          + f"; wrote {out} and {out.with_suffix('.png')}")
     return payload
 
 
-def write_results(out: Path, args: argparse.Namespace, command: str, setup: dict[str, Any],
+def write_results(out: Path, rows: list[str], commands: list[str], setup: dict[str, Any],
                   runs: list[dict[str, Any]], wall: float, complete: bool) -> dict[str, Any]:
-    summary = summarise(runs, args.rows)
-    payload = {"machine": machine(), "command": command, "wall_seconds": round(wall, 1), "complete": complete,
-               "setup": setup, "rows": {r: {"weights": ROW_SPECS[r][0], "activations": ROW_SPECS[r][1]}
-                                        for r in args.rows},
+    summary = summarise(runs, rows)
+    payload = {"machine": machine(), "command": commands[-1], "commands": commands, "wall_seconds": round(wall, 1),
+               "complete": complete, "setup": setup,
+               "rows": {r: {"weights": ROW_SPECS[r][0], "activations": ROW_SPECS[r][1]} for r in rows},
                "summary": summary, "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
@@ -378,7 +439,8 @@ def write_results(out: Path, args: argparse.Namespace, command: str, setup: dict
 
 def plot_title(setup: dict[str, Any]) -> str:
     return (f"bireal_resnet18 width {setup['width']}, stages {tuple(setup['stage_sizes'])}, Fashion-MNIST, "
-            f"{setup['steps']} steps of {setup['batch_size']}, {len(setup['seeds'])} seed(s)")
+            f"{setup['steps']} steps of {setup['batch_size']} ({setup['epochs']:g} epochs), {len(setup['seeds'])} "
+            f"seed(s)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ asserted in the tests), chosen per backend, and in chunks of elements (``chunked
   which XLA fuses with the activation into reduction kernels (the GPU/TPU default);
 - ``autodiff``: ``jax.vjp`` of ``mlp_apply``, which materialises the (n, hidden) layer.
 
+A fourth, ``backward='pallas'`` (``mlp_pallas``: one fused kernel over the whole tensor), is chosen
+by name only: ``auto`` never picks it until it has been timed on a GPU.
+
 The per-backend defaults were measured fastest with ``bench/train_step.py --only-estimator``:
 ``bench/results/train_step_estimator.json`` (CPU) and ``bench/results/gpu/`` (an H200; TPUs take
 the GPU choice, not measured there).
