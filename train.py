@@ -36,17 +36,51 @@ def main(argv):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
-    from mlpbnn.train import ConfigError, TrainingDiverged, run
+    from mlpbnn.train import run
 
     try:
         run(FLAGS.config, FLAGS.workdir)
-    except ConfigError as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # ConfigError, TrainingDiverged, bad paths
+        if FLAGS.verbose_logs:
+            raise
         sys.exit(f"error: {e}")
-    except TrainingDiverged as e:
+
+
+def _unknown_field(argv: list[str], problem: Exception) -> str:
+    """The ``--config.a.b=...`` override naming a field the config file lacks, with the valid ones."""
+    import importlib.util
+
+    config_file = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                        if a.split("=", 1)[0] in ("--config", "-config") and (("=" in a) or i + 1 < len(argv))), None)
+    config = None
+    if config_file:
+        spec = importlib.util.spec_from_file_location("_config_for_errors", config_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config."):].split("=", 1)[0]
+        node, done = config, []
+        for part in path.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
+                where = "config" + "".join("." + d for d in done)
+                return f"config.{path}: {where} has no field {part!r}; valid: {valid}"
+            node, done = node[part], [*done, part]
+    return f"bad --config override: {problem}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with one-line errors for overrides of fields the config lacks."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
         sys.exit(f"error: {e}")
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    except (AttributeError, KeyError) as e:
+        sys.exit(f"error: {_unknown_field(argv, e)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

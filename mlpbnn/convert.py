@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,7 +129,7 @@ def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None
     layout = models.info(name).torch_layout
     expected = expected_variables(name, num_classes, **model_kwargs)
     keys = {path: torch_key(path, layout) for path in expected}
-    missing, misshaped, flat = [], [], {}
+    missing, misshaped, nonfinite, flat = [], [], [], {}
     for path, shape in expected.items():
         key = keys[path]
         if key not in sd:
@@ -139,11 +140,15 @@ def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None
         if value.shape != want:
             misshaped.append(f"{key}: expected shape {tuple(want)} for {'/'.join(path)}, got {tuple(value.shape)}")
             continue
+        if not np.all(np.isfinite(value)):
+            nonfinite.append(f"{key} ({int(np.sum(~np.isfinite(value)))} of {value.size} values NaN or inf)")
+            continue
         flat[path] = _from_torch_layout(path, value.astype(dtype))
     bn_modules = {k.rsplit(".", 1)[0] for k in keys.values() if k.endswith(".running_mean")}
     unexpected = [k for k in sd if k not in keys.values()
                   and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in bn_modules)]
     problems = ([f"missing: {m}" for m in missing] + [f"misshaped: {m}" for m in misshaped]
+                + [f"not finite: {m}" for m in nonfinite]
                 + [f"unexpected: {k} {tuple(_as_numpy(sd[k]).shape)}" for k in sorted(unexpected)])
     if problems:
         raise ValueError(f"state_dict does not match model {name!r} ({num_classes} classes):\n  "
@@ -159,7 +164,7 @@ def to_torch(name: str, variables: Mapping[str, Any], num_batches_tracked: int =
     out: OrderedDict[str, Any] = OrderedDict()
     for path, value in traverse_util.flatten_dict(dict(variables)).items():
         key = torch_key(path, layout)
-        out[key] = torch.from_numpy(np.ascontiguousarray(_to_torch_layout(path, np.asarray(value))))
+        out[key] = torch.from_numpy(np.array(_to_torch_layout(path, np.asarray(value)), order="C"))  # a writable copy
         if key.endswith(".running_var"):
             out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = torch.tensor(num_batches_tracked, dtype=torch.long)
     return out
@@ -172,7 +177,14 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
-    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        # torch's own message suggests weights_only=False, which runs arbitrary code from the file:
+        # never pass that advice on.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {first.split('. ')[0]})") from e
+    return unwrap_state_dict(checkpoint)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,10 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-inputs", action="store_true")
     args = parser.parse_args(argv)
     kwargs = {"small_inputs": True} if args.small_inputs else {}
-    sd = load_torch_checkpoint(args.checkpoint)
-    num_classes = _infer_num_classes(sd) if args.num_classes is None else args.num_classes
-    variables = from_torch(args.model, sd, num_classes, **kwargs)
-    out = save_variables(args.out_dir, variables, args.model, {"num_classes": num_classes, **kwargs})
+    try:
+        sd = load_torch_checkpoint(args.checkpoint)
+        num_classes = _infer_num_classes(sd) if args.num_classes is None else args.num_classes
+        variables = from_torch(args.model, sd, num_classes, **kwargs)
+        out = save_variables(args.out_dir, variables, args.model, {"num_classes": num_classes, **kwargs})
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
     n = sum(np.size(v) for v in jax.tree.leaves(variables))
     print(f"converted {len(sd)} tensors ({n:,} values) of {args.model} to {out}")
 

@@ -161,7 +161,7 @@ def test_official_checkpoint_layout_and_cli(tmp_path):
     torch.save(wrapped, path)
     out = tmp_path / "converted"
     # --small-inputs is needed to build the same model; stage sizes come from the tiny reference.
-    with pytest.raises(ValueError, match="missing"):  # the full 18-layer model does not match
+    with pytest.raises(SystemExit, match=r"(?s)^error: state_dict does not match .*missing"):  # not the full model
         convert.main([str(path), str(out), "--model", "bireal_resnet18", "--small-inputs"])
     variables = convert.from_torch("bireal_resnet18", convert.load_torch_checkpoint(path),
                                    stage_sizes=(1, 1, 1, 1), **TINY)
@@ -181,9 +181,10 @@ def test_cli_writes_a_variables_checkpoint(tmp_path):
     assert meta == {"model": "resnet18", "model_kwargs": {"num_classes": 1000}}
     np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
                                   ref.oihw_to_hwio(net.conv1.weight))
-    with pytest.raises(FileExistsError):
+    # The command line answers expected failures with one line: "error: ...".
+    with pytest.raises(SystemExit, match=r"^error: .* already holds a variables checkpoint"):
         convert.main([str(path), str(out), "--model", "resnet18"])
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(SystemExit, match=r"^error: no such checkpoint file"):
         convert.main([str(tmp_path / "nope.pth"), str(tmp_path / "x"), "--model", "resnet18"])
 
 
@@ -220,3 +221,30 @@ def test_parity_at_224_resnet34():
         result = parity("resnet34", reference("resnet34", (3, 4, 6, 3), 1000), 224, 1000, batch=2, float64=True)
     _report("resnet34", "float64", *result)
     assert_parity(*result, rtol=1e-9)
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_without_unsafe_advice(tmp_path):
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(ValueError, match=r"garbage.pth is not a PyTorch checkpoint") as e:
+        convert.load_torch_checkpoint(bad)
+    assert "weights_only=False" not in str(e.value)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mlpbnn.convert", str(bad), str(tmp_path / "out"), "--model",
+                          "resnet18"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    assert "weights_only=False" not in out.stderr and not (tmp_path / "out").exists()
+
+
+def test_non_finite_tensors_are_refused_by_name():
+    model = models.create("resnet18", 10, small_inputs=True, width=8, stage_sizes=(1, 1, 1, 1))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    sd = convert.to_torch("resnet18", variables)
+    sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    sd["fc.bias"][1] = float("inf")
+    with pytest.raises(ValueError) as e:
+        convert.from_torch("resnet18", sd, small_inputs=True, width=8, stage_sizes=(1, 1, 1, 1))
+    assert "not finite: layer1.0.conv1.weight (1 of 576 values NaN or inf)" in str(e.value)
+    assert "not finite: fc.bias (1 of 10 values NaN or inf)" in str(e.value)

@@ -3,6 +3,7 @@ evaluator."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from mlpbnn.tasks import classification as C
@@ -47,3 +48,16 @@ def test_evaluator_counts_only_real_examples_exactly():
     assert got["top1"] == np.mean(np.argmax(logits, -1) == labels)
     np.testing.assert_allclose(got["loss"], np.mean(C.cross_entropy(logits, labels)), rtol=1e-6)
     assert C.Classification(num_classes=3).eval_metrics == ("loss", "top1")
+
+
+def test_topk_breaks_ties_as_argmax_and_nan_is_never_correct():
+    logits = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [2.0, np.nan, 0.0], [np.nan, 0.0, 0.0]], np.float32)
+    labels = np.array([0, 1, 0, 0])
+    # Row 0 and 1 tie between classes 0 and 1: argmax says 0, so only label 0 is top-1.
+    assert np.argmax(logits[0]) == 0
+    np.testing.assert_array_equal(C.topk_correct(logits, labels, 1), [1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(C.topk_correct(logits, labels, 2), [1.0, 1.0, 0.0, 0.0])
+    tied = jnp.asarray([[0.1, 0.1001, -1.0]], jnp.bfloat16)  # both round to the same bf16 value
+    assert float(tied[0, 0]) == float(tied[0, 1])
+    np.testing.assert_array_equal(C.topk_correct(tied, np.array([1]), 1), [0.0])
+    np.testing.assert_array_equal(C.topk_correct(tied, np.array([0]), 1), [1.0])

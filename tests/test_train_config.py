@@ -21,6 +21,15 @@ def test_bad_configs_fail_with_the_field_named(tmp_path):
          r"config.data.manual_dir: imagenet2012 is not prepared"),
         ({"checkpoint_every_steps": 3}, r"config.checkpoint_every_steps: 3 must be a multiple of log_every_steps"),
         ({"optimizer.estimator.schedule": "step"}, r"config.optimizer.estimator.milestones"),
+        ({"optimizer.grad_clip_norm": -1.0}, r"config.optimizer.grad_clip_norm: must be a finite number in \[0, inf\)"),
+        ({"optimizer.b2": 2.0}, r"config.optimizer.b2: must be a finite number in \[0, 1\), got 2.0"),
+        ({"optimizer.eps": -1e-8}, r"config.optimizer.eps: must be a finite number"),
+        ({"optimizer.momentum": -0.5}, r"config.optimizer.momentum: must be a finite number in \[0, 1\)"),
+        ({"optimizer.learning_rate": float("nan")}, r"config.optimizer.learning_rate: must be a finite number"),
+        ({"optimizer.estimator.learning_rate": float("inf")}, r"config.optimizer.estimator.learning_rate"),
+        ({"eval_every_steps": 3}, r"config.eval_every_steps: 3 must be a multiple of log_every_steps \(2\)"),
+        ({"data.augment": "rotate"}, r"config.data.augment: 'rotate' is not valid for digits; choose one of none"),
+        ({"task": "detection"}, r"config.task: 'detection' is not valid; choose one of classification"),
     ]
     for overrides, message in cases:
         c = tiny(**overrides)

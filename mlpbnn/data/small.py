@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,8 +82,13 @@ def digits(seed: int, test_size: int = 360, augment: str = "none") -> ArrayDatas
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise ValueError(f"{path}: not a readable gzip file ({type(e).__name__}: {e})") from e
+    if len(data) < 8:
+        raise ValueError(f"{path}: too short for an IDX file ({len(data)} bytes)")
     magic, n = struct.unpack(">II", data[:8])
     if magic == 2051:
         rows, cols = struct.unpack(">II", data[8:16])
@@ -113,6 +119,11 @@ def fashion_mnist(data_dir: str, seed: int, augment: str = "none") -> ArrayDatas
             "download the four .gz files from https://github.com/zalandoresearch/fashion-mnist and pass "
             "--config.data.dir=DIR")
     xtr, ytr, xte, yte = (_read_idx(d / f) for f in FASHION_MNIST_FILES)
+    for (images, labels), (fi, fl) in zip(((xtr, ytr), (xte, yte)),
+                                         (FASHION_MNIST_FILES[:2], FASHION_MNIST_FILES[2:]), strict=True):
+        if len(images) != len(labels):
+            raise ValueError(f"Fashion-MNIST in {d}: {fi} has {len(images):,} images but {fl} has {len(labels):,} "
+                             "labels")
 
     def norm(x):
         return ((x.astype(np.float32) / 255.0 - FASHION_MEAN) / FASHION_STD)[..., None]

@@ -10,8 +10,9 @@ A task supplies
   the jit'd eval step, sharded along the batch like the batch itself);
 - ``evaluator()``: a fresh host-side ``Evaluator`` for one pass over the evaluation set, whose
   result has the metrics ``eval_metrics`` and ``count``;
-- ``best_metric``/``metric_mode(name)``: which evaluation metric picks the best checkpoint and
-  whether larger is better; ``progress_metric``: the training metric shown on the progress bar;
+- ``best_metric``/``metric_mode(name)``: which evaluation metric picks the best checkpoint by
+  default (``config.best_metric='auto'``) and whether larger is better; ``progress_metric``: the
+  training metric shown on the progress bar;
 - ``summary(metrics)``: the final line printed after training.
 
 Evaluators accumulate on the host. ``update`` receives this process's rows of the eval outputs

@@ -49,9 +49,16 @@ def distillation(student: Array, teacher: Array, labels: Array, alpha: float, te
 
 
 def topk_correct(logits: Array, labels: Array, k: int) -> Array:
-    """1.0 where the label is among the k largest logits (ties counted for the label)."""
+    """1.0 where the label is among the k largest logits.
+
+    Ties are broken as ``argmax`` breaks them, towards the lower class index: the label's rank is
+    the number of classes with a larger logit plus those with an equal logit and a lower index
+    (bf16 logits tie often). A row with any NaN logit is never correct.
+    """
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+    lower = jnp.arange(logits.shape[-1]) < labels[:, None]
+    rank = jnp.sum((logits > label_logit) | ((logits == label_logit) & lower), axis=-1)
+    return ((rank < k) & ~jnp.any(jnp.isnan(logits), axis=-1)).astype(jnp.float32)
 
 
 class ClassificationEvaluator:
@@ -124,7 +131,5 @@ class Classification(Task):
 def from_config(config: Any, dataset: Any) -> Classification:
     if not hasattr(dataset, "num_classes"):
         raise ValueError(f"task 'classification' needs a dataset with classes; {type(dataset).__name__} has none")
-    best = config.best_metric if config.best_metric != "auto" else "top1"
     return Classification(num_classes=int(dataset.num_classes), label_smoothing=float(config.loss.label_smoothing),
-                          alpha=float(config.teacher.alpha), temperature=float(config.teacher.temperature),
-                          best_metric=best)
+                          alpha=float(config.teacher.alpha), temperature=float(config.teacher.temperature))

@@ -42,7 +42,12 @@ class Checkpoints:
 
     def __init__(self, workdir: Path, keep: int, best_metric: str = "", best_mode: str = "max"):
         self.directory = workdir / "checkpoints"
+        self.damaged = workdir / "checkpoints_damaged"
         self.best_metric = best_metric
+        self._open(keep, best_metric, best_mode)
+
+    def _open(self, keep: int, best_metric: str, best_mode: str) -> None:
+        self._args = (keep, best_metric, best_mode)
         keep_policies: list[Any] = [policies.LatestN(keep)]
         if best_metric:
             keep_policies.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
@@ -55,6 +60,24 @@ class Checkpoints:
                 # after a restart; the preservation policy above decides what is kept.
                 best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode))
         self.best_mode = best_mode
+
+    def set_aside(self, step: int) -> Path:
+        """Moves the (damaged) checkpoint ``step`` to ``workdir/checkpoints_damaged/`` (kept for
+        inspection, out of the manager's sight) and returns where it went."""
+        self.manager.close()
+        target = self.damaged / str(step)
+        n = 1
+        while target.exists():
+            target, n = self.damaged / f"{step}.{n}", n + 1
+        if jax.process_index() == 0:
+            self.damaged.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"mlpbnn_set_aside_{step}")
+        self._open(*self._args)
+        return target
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -121,15 +121,30 @@ def _positive(config: Any, field: str, allow: tuple = ()) -> None:
         _fail(field, f"must be > 0{' or ' + ' or '.join(map(str, allow)) if allow else ''}, got {value!r}")
 
 
+def _in_range(group: Any, field: str, key: str, low: float, high: float, note: str = "",
+              upper_open: bool = False) -> None:
+    """``group[key]`` must be a finite number in [low, high] (or [low, high) with ``upper_open``)."""
+    value = group[key]
+    ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+          and low <= value and (value < high if upper_open else value <= high))
+    if not ok:
+        bound = "inf)" if math.isinf(high) else f"{high:g}{')' if upper_open else ']'}"
+        _fail(f"{field}.{key}", f"must be a finite number in [{low:g}, {bound}"
+                                f"{' ' + note if note else ''}, got {value!r}")
+
+
 def _check_optimizer(opt: Any, field: str) -> None:
     for key, valid in (("name", OPTIMIZERS), ("schedule", SCHEDULES), ("schedule_unit", SCHEDULE_UNITS),
                        ("weight_decay_mode", WEIGHT_DECAY_MODES)):
         if opt[key] not in valid:
             _fail(f"{field}.{key}", f"{opt[key]!r} is not valid; choose one of {', '.join(valid)}")
-    if not opt.learning_rate >= 0:
-        _fail(f"{field}.learning_rate", f"must be >= 0, got {opt.learning_rate!r}")
-    if opt.weight_decay < 0:
-        _fail(f"{field}.weight_decay", f"must be >= 0, got {opt.weight_decay!r}")
+    _in_range(opt, field, "learning_rate", 0.0, math.inf)
+    _in_range(opt, field, "weight_decay", 0.0, math.inf)
+    _in_range(opt, field, "grad_clip_norm", 0.0, math.inf, "(0 turns clipping off)")
+    _in_range(opt, field, "eps", 0.0, math.inf)
+    for key in ("b1", "b2", "momentum"):
+        _in_range(opt, field, key, 0.0, 1.0, upper_open=True)
+    _in_range(opt, field, "gamma", 0.0, math.inf)
     if opt.epoch_start_quirk and opt.schedule_unit != "epoch":
         _fail(f"{field}.epoch_start_quirk", "needs schedule_unit='epoch' (the quirk shifts per-epoch schedules)")
     if opt.schedule == "step" and not opt.milestones:
@@ -177,18 +192,18 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     _positive(config, "num_train_steps", allow=(-1,))
     if config.num_train_steps == -1:
         _positive(config, "num_epochs")
-    if config.checkpoint_every_steps % config.log_every_steps:
-        _fail("checkpoint_every_steps", f"{config.checkpoint_every_steps} must be a multiple of log_every_steps "
-                                        f"({config.log_every_steps}) so that resumed metric windows line up")
+    for field in ("checkpoint_every_steps", "eval_every_steps"):
+        if config[field] > 0 and config[field] % config.log_every_steps:
+            _fail(field, f"{config[field]} must be a multiple of log_every_steps ({config.log_every_steps}) so "
+                         "that every checkpoint and evaluation follows a logged, finiteness-checked window")
     n = device_count if config.num_devices == -1 else config.num_devices
     if config.num_devices != -1 and not 1 <= config.num_devices <= device_count:
         _fail("num_devices", f"{config.num_devices} not in 1..{device_count} (the devices available)")
-    for field in ("batch_size", "eval_batch_size"):
-        b = config[field] if config[field] != -1 else config.batch_size
-        if b % n:
-            _fail(field, f"{b} is not divisible by the {n} devices; use a multiple of {n}")
-        if b % process_count:
-            _fail(field, f"{b} is not divisible by the {process_count} processes")
+    # The eval batch is padded anyway, so it is rounded up to the devices (eval_batch_size()).
+    if config.batch_size % n:
+        _fail("batch_size", f"{config.batch_size} is not divisible by the {n} devices; use a multiple of {n}")
+    if config.batch_size % process_count:
+        _fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} processes")
     _check_optimizer(config.optimizer, "optimizer")
     _check_optimizer(config.optimizer.estimator, "optimizer.estimator")
     for p in PARTITIONS:
@@ -228,6 +243,12 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
 
 def _check_data_paths(data: Any) -> None:
     """Missing data is a config error, found before anything is built or compiled."""
+    if data.name in ("digits", "fashion_mnist"):
+        from mlpbnn.data.small import AUGMENTATIONS
+
+        if data.get("augment", "none") not in AUGMENTATIONS:
+            _fail("data.augment", f"{data.augment!r} is not valid for {data.name}; choose one of "
+                                  f"{', '.join(AUGMENTATIONS)}")
     if data.name == "fashion_mnist" and data.get("dir") and not Path(data.dir).is_dir():
         _fail("data.dir", f"{data.dir} is not a directory (it should hold the four Fashion-MNIST IDX gz files)")
     if data.name == "imagenet":
@@ -243,6 +264,13 @@ def _check_data_paths(data: Any) -> None:
                                      "ILSVRC2012_img_val.tar to prepare it from")
         if not Path(manual).is_dir():
             _fail("data.manual_dir", f"{manual} is not a directory")
+
+
+def eval_batch_size(config: Any, device_count: int) -> int:
+    """``config.eval_batch_size`` (-1: batch_size) rounded up to a multiple of the devices: the
+    last eval batch is padded and masked in any case, so a recipe runs on any device count."""
+    b = config.eval_batch_size if config.eval_batch_size != -1 else config.batch_size
+    return -(-b // device_count) * device_count
 
 
 def total_steps(config: Any, train_size: int) -> int:

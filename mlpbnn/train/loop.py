@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from mlpbnn.data.base import data_sharding, to_global
 from mlpbnn.tasks.base import local_rows
 from mlpbnn.train import optim
 from mlpbnn.train.checkpoint import Checkpoints
-from mlpbnn.train.config import ConfigError, is_binary, model_kwargs, total_steps, validate
+from mlpbnn.train.config import ConfigError, eval_batch_size, is_binary, model_kwargs, total_steps, validate
 from mlpbnn.train.metrics import MetricWriter, parameter_overview
 from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
 from mlpbnn.variables_io import load_variables, save_variables
@@ -39,6 +40,15 @@ from mlpbnn.variables_io import load_variables, save_variables
 
 class TrainingDiverged(FloatingPointError):
     """A non-finite loss or gradient; the last good checkpoint is left as it was."""
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read back."""
+
+    def __init__(self, step: int, cause: BaseException):
+        self.step = step
+        self.reason = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+        super().__init__(f"checkpoint {step}: {self.reason}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +82,25 @@ class StageRun:
 
 def say(msg: str) -> None:
     if jax.process_index() == 0:
-        tqdm.write(msg)
+        tqdm.write(msg, file=sys.stdout)  # the bar's stream: tqdm clears and redraws it around the line
+
+
+def _finish_saves(ckpts: Checkpoints) -> Any:
+    """ExitStack exit callback: lets the saves already started (of good states) finish and closes
+    the manager; when the run is already failing, an error of these (a full disk, say) is reported
+    as a warning and the original error propagates."""
+
+    def exit_(exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        for action in (ckpts.wait, ckpts.close):
+            try:
+                action()
+            except Exception as e:
+                if exc is None:
+                    raise
+                say(f"warning: while stopping, the checkpoint manager also failed: {type(e).__name__}: {e}")
+        return False
+
+    return exit_
 
 
 def host(tree: Any) -> Any:
@@ -160,7 +188,7 @@ class Trainer:
         self.mesh = make_mesh(config)
         self.total = total_steps(config, self.dataset.train_size)
         self.steps_per_epoch = self.dataset.train_size / config.batch_size
-        self.eval_batch = config.eval_batch_size if config.eval_batch_size != -1 else config.batch_size
+        self.eval_batch = eval_batch_size(config, self.mesh.devices.size)
         self.stages = plan_stages(config, self.total)
         self.dtype = jnp.dtype(config.dtype)
         self.image_shape = tuple(self.dataset.image_shape)
@@ -187,19 +215,32 @@ class Trainer:
                               estimator=trainable["estimator"], opt_state=tx.init(trainable), rng=r)
         return jax.jit(make, out_shardings=replicated(self.mesh))(variables, rng)
 
-    def _restore(self, ckpts: Checkpoints, writer: MetricWriter) -> tuple[int, int, dict[str, Any] | None]:
-        """(step, input position, meta of the latest checkpoint or None)."""
-        latest = ckpts.latest_step()
-        if latest is None:
-            return 0, 0, None
-        meta = ckpts.restore_meta(latest)
-        step, position = int(meta["step"]), int(meta["position"])
-        writer.truncate(step)
-        say(f"resuming from {ckpts.directory} at step {step} (stage {meta['stage'] + 1}, input position {position:,})")
-        return step, position, meta
+    def _resume(self, ckpts: Checkpoints, writer: MetricWriter) -> tuple[int, int, StageRun | None]:
+        """(step, input position, the resumed stage) from the newest intact checkpoint, or (0, 0,
+        None). A damaged one (unreadable meta or state) is moved aside with a warning, never deleted."""
+        while (latest := ckpts.latest_step()) is not None:
+            try:
+                try:
+                    meta = ckpts.restore_meta(latest)
+                    step, position, index = int(meta["step"]), int(meta["position"]), int(meta["stage"])
+                    stage = self.stages[index]
+                except Exception as e:  # noqa: BLE001 - JSON, orbax and key errors alike mean damage
+                    raise DamagedCheckpoint(latest, e) from e
+                run = self._setup_stage(stage, step, None, ckpts, restore=latest)
+            except DamagedCheckpoint as e:
+                moved = ckpts.set_aside(e.step)
+                say(f"warning: checkpoint {e.step} is damaged ({e.reason}); moved to {moved}; "
+                    "resuming from the newest intact one instead")
+                continue
+            writer.truncate(step)
+            say(f"resuming from {ckpts.directory} at step {step} (stage {index + 1}, input position {position:,})")
+            return step, position, run
+        return 0, 0, None
 
     def _setup_stage(self, stage: Stage, step: int, previous: TrainState | None, ckpts: Checkpoints,
-                     meta: dict[str, Any] | None) -> StageRun:
+                     restore: int | None = None) -> StageRun:
+        """The stage's model, optimizer, compiled steps and state: restored from checkpoint step
+        ``restore``, else continued from ``previous`` (stage one's state), else initialised."""
         config, key = self.config, jax.random.PRNGKey(self.config.seed)
         model = self._model(stage)
         dummy = jnp.zeros((1, *self.image_shape), jnp.float32)
@@ -208,8 +249,11 @@ class Trainer:
         trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
         tx, schedules = optim.make(config, trainable, binary, stage.end - stage.start, self.steps_per_epoch,
                                    stage.weight_decay)
-        if meta and meta["stage"] == stage.index:
-            state = ckpts.restore_state(meta["step"], self._state(variables, tx, key))
+        if restore is not None:
+            try:
+                state = ckpts.restore_state(restore, self._state(variables, tx, key))
+            except Exception as e:  # noqa: BLE001 - missing, truncated or zeroed files
+                raise DamagedCheckpoint(restore, e) from e
         else:
             if previous is not None:  # stage two starts from stage one
                 variables = merge_variables(variables, previous.variables(), "the stage-one state")
@@ -228,15 +272,8 @@ class Trainer:
 
     def _flush(self, pending: list[dict], step: int, seconds: float, writer: MetricWriter,
                bar: tqdm) -> dict[str, float]:
-        values = jax.device_get(pending)  # waits for the steps: the rate below is of computed steps
+        values = self._check_finite(pending, step)  # waits for the steps: the rate below is of computed steps
         seconds = time.perf_counter() - seconds
-        bad = [i for i, v in enumerate(values) if v["nonfinite"] or not math.isfinite(v["loss"])]
-        if bad:
-            first = step - len(values) + 1
-            raise TrainingDiverged(
-                f"non-finite loss or gradients at step {first + bad[0]} (of steps {first}..{step}); "
-                f"stopped without saving. The last good checkpoint in {self.workdir / 'checkpoints'} is "
-                f"untouched. Lower optimizer.learning_rate or check the input data.")
         means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != "nonfinite"}
         means["steps_per_sec"] = len(values) / seconds
         means["examples_per_sec"] = len(values) * self.config.batch_size / seconds
@@ -246,6 +283,26 @@ class Trainer:
         bar.set_postfix(loss=f"{means['loss']:.4f}", **({shown: f"{means[shown]:.4g}"} if shown in means else {}),
                         refresh=False)
         return means
+
+    def _check_finite(self, pending: list[dict], step: int) -> list[dict]:
+        """The pending steps' metrics on the host; TrainingDiverged if any step was not finite."""
+        values = jax.device_get(pending)
+        bad = [i for i, v in enumerate(values) if v["nonfinite"] or not math.isfinite(v["loss"])]
+        if bad:
+            first = step - len(values) + 1
+            raise TrainingDiverged(
+                f"non-finite loss or gradients at step {first + bad[0]} (of steps {first}..{step}); "
+                f"stopped without saving. The last good checkpoint in {self.workdir / 'checkpoints'} is "
+                f"untouched. Lower optimizer.learning_rate or check the input data.")
+        return values
+
+    def _evaluate_finite(self, eval_step: Any, state: TrainState, step: int) -> dict[str, float]:
+        metrics = self.evaluate(eval_step, state)
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            raise TrainingDiverged(f"evaluation at step {step} gave non-finite {', '.join(bad)}; stopped without "
+                                   f"saving: the checkpoints in {self.workdir / 'checkpoints'} are untouched")
+        return metrics
 
     def evaluate(self, eval_step: Any, state: TrainState) -> dict[str, float]:
         """Exact: every eval example once (padded last batch, masked), the same on every process."""
@@ -275,24 +332,28 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             ckpts = Checkpoints(workdir, config.keep_checkpoints, self.best_metric,
                                 self.task.metric_mode(self.best_metric))
-            stack.callback(ckpts.close)
-            # LIFO: on any exit the saves already started (of good states) finish before closing.
-            stack.callback(ckpts.wait)
+            stack.push(_finish_saves(ckpts))
             writer = MetricWriter(workdir, active=self.pi == 0)
             stack.callback(writer.close)
-            step, position, meta = self._restore(ckpts, writer)
             say(self.dataset.describe() + f"; task {self.task.name}; {self.total:,} steps of {config.batch_size} "
                 f"({self.total / self.steps_per_epoch:.2f} epochs) on {self.mesh.devices.size} device(s), "
                 f"{self.pc} process(es)")
+            if self.eval_batch != (config.eval_batch_size if config.eval_batch_size != -1 else config.batch_size):
+                say(f"eval batch rounded up to {self.eval_batch}, a multiple of the {self.mesh.devices.size} devices "
+                    "(the padding is masked: every example still counts once)")
             self.teacher, self.teacher_vars = load_teacher(config, self.task, self.mesh)
-            bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
-                       disable=self.pi != 0 or not config.progress_bar)
-            stack.callback(bar.close)
-            run, final_train = None, {}
+            step, position, run = self._resume(ckpts, writer)
+            bar = None
+            final_train: dict[str, float] = {}
             for stage in self.stages:
-                if step > stage.end or (meta and meta["stage"] > stage.index):
+                if step > stage.end or (run is not None and run.stage.index > stage.index):
                     continue
-                run = self._setup_stage(stage, step, run.state if run else None, ckpts, meta)
+                if run is None or run.stage.index != stage.index:
+                    run = self._setup_stage(stage, step, run.state if run else None, ckpts)
+                if bar is None:  # after the start-up lines, so that none is printed inside the bar
+                    bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
+                               file=sys.stdout, disable=self.pi != 0 or not config.progress_bar)
+                    stack.callback(bar.close)
                 step, position, final_train = self._train(run, step, position, ckpts, writer, bar)
             final = self._finish(run, step, position, ckpts, writer)
         summary = {"step": step, "eval": final, "train": final_train, "best_step": self._best_step}
@@ -324,7 +385,7 @@ class Trainer:
                 if step % config.log_every_steps == 0 or step == stage.end:
                     logged = self._flush(pending, step, t0, writer, bar)
                     pending = []
-                if self._periodic(run, step, position, ckpts, writer) or not pending:
+                if self._periodic(run, step, position, ckpts, writer, pending) or not pending:
                     t0 = time.perf_counter()  # the logged rate is of training steps only
         finally:
             close = getattr(batches, "close", None)
@@ -332,15 +393,18 @@ class Trainer:
                 close()
         return step, position, logged
 
-    def _periodic(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, writer: MetricWriter) -> bool:
+    def _periodic(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, writer: MetricWriter,
+                  pending: list[dict]) -> bool:
         """Evaluation and checkpoint due after ``step``; the run's very last step is left to
-        ``_finish``. Returns whether anything was done."""
+        ``_finish``. Nothing non-finite is evaluated or saved. Returns whether anything was done."""
         config, last = self.config, step == self.total
         evaluate = config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last
         save = (step % config.checkpoint_every_steps == 0 or step == run.stage.end) and not last
+        if evaluate or save:
+            self._check_finite(pending, step)  # empty when the step was just logged (validate aligns them)
         metrics = None
         if evaluate:
-            metrics = self.evaluate(run.eval_step, run.state)
+            metrics = self._evaluate_finite(run.eval_step, run.state, step)
             writer.write(step, "eval", metrics)
         if evaluate or save:
             ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, metrics)
@@ -349,7 +413,7 @@ class Trainer:
     def _finish(self, run: StageRun, step: int, position: int, ckpts: Checkpoints,
                 writer: MetricWriter) -> dict[str, float]:
         """The final evaluation, saved with the last checkpoint, and the exported variables."""
-        final = self.evaluate(run.eval_step, run.state)
+        final = self._evaluate_finite(run.eval_step, run.state, step)
         writer.write(step, "eval", final)
         if ckpts.latest_step() != step:
             ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, final)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import types
@@ -28,10 +29,15 @@ class MetricWriter:
             self._tb = EventFileWriter(str(workdir / "tensorboard"))
 
     def truncate(self, last_step: int) -> None:
+        """Drops the records after ``last_step``, and a partial line (a kill or a full disk in the
+        middle of a write) with a warning."""
         if not self.active or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        records = _parse(self.path, warn=True)
+        keep = [json.dumps(r) for r in records if r["step"] <= last_step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.replace(self.path)  # atomic: a kill here leaves the old or the new log, never half of one
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.active:
@@ -50,9 +56,26 @@ class MetricWriter:
             self._tb.close()
 
 
+def _parse(path: Path, warn: bool = False) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a metrics record")
+        except ValueError:
+            if warn:
+                logging.warning("%s: dropping line %d, a partial or damaged record: %.80r", path, number, line)
+            continue
+        records.append(record)
+    return records
+
+
 def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    path = Path(workdir) / "metrics.jsonl"
-    records = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+    """The records of ``workdir/metrics.jsonl`` (a partial last line is skipped)."""
+    records = _parse(Path(workdir) / "metrics.jsonl")
     return [r for r in records if split is None or r["split"] == split]
 
 
