@@ -260,7 +260,10 @@ class Trainer:
             elif config.init_checkpoint:
                 loaded, _ = load_variables(config.init_checkpoint)
                 variables = merge_variables(variables, loaded, f"init_checkpoint {config.init_checkpoint}")
-            state = self._state(variables, tx, key).replace(step=jnp.asarray(step, jnp.int32))
+            # Placed like the rest of the state: an uncommitted scalar would make the second step
+            # see a different input sharding and compile the whole train step again.
+            state = self._state(variables, tx, key).replace(
+                step=jax.device_put(jnp.asarray(step, jnp.int32), replicated(self.mesh)))
         self._describe(model, state, binary, stage)
         rep, batch = replicated(self.mesh), data_sharding(self.mesh)
         train_step = jax.jit(make_train_step(model, tx, self.task, total_steps=self.total, teacher=self.teacher),
@@ -434,7 +437,8 @@ class Trainer:
                 f"{overview}\noptimizer partitions: {sizes}\n\n{report.table()}\n")
         (self.workdir / f"summary_stage{stage.index + 1}.txt").write_text(text)
         t = report.totals()
-        say(overview.splitlines()[-1] + f"; optimizer partitions {sizes}")
+        counts = ", ".join(f"{k} {sum(np.size(x) for x in jax.tree.leaves(v)):,}" for k, v in state.variables().items())
+        say(f"variables: {counts} ({overview.splitlines()[-1].removeprefix('Total: ')}); optimizer partitions {sizes}")
         say(f"complexity per image: FLOPs {t['flops']:.3g}, BOPs {t['bops']:.3g}, OPs {t['ops']:.3g}, "
             f"model size {t['size_bytes'] / 2 ** 20:.2f} MiB (full table in {self.workdir}/summary_stage"
             f"{stage.index + 1}.txt)")
