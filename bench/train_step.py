@@ -121,6 +121,11 @@ def step_peak_mib(fn) -> dict[str, float]:
 # ------------------------------------------------------------------------------ steps
 
 
+def with_backward(weights: str | None, backward: str) -> str | None:
+    """The MLP estimator with its backward form (``mlpbnn.estimators.mlp_backward``) when not ``auto``."""
+    return f"mlp(backward={backward!r})" if weights == "mlp" and backward != "auto" else weights
+
+
 def mlpbnn_step(model_name: str, weights: str | None, size: int, batch: int, impl: str, small_inputs: bool = True):
     """A zero-argument function running one jitted, donated train step on a fixed batch."""
     kw = {} if weights is None else {"weight_estimator": weights, "activation_estimator": "approx_sign"}
@@ -192,11 +197,20 @@ def estimator_section(rounds: int) -> dict:
     theta = E.get("mlp").init(jax.random.key(1))
 
     def make(form, chunk):
-        vjp_fn = functools.partial(E.gated_mlp_vjp, activation="tanh", form=form)
+        if form == "pallas":  # one fused kernel per tensor; chunk = its elements per program
+            from mlpbnn.estimators.mlp_pallas import gated_mlp_vjp_pallas
+
+            def one(theta, w, g):
+                return gated_mlp_vjp_pallas(theta, w, g, "tanh", chunk=chunk)
+        else:
+            vjp_fn = functools.partial(E.gated_mlp_vjp, activation="tanh", form=form)
+
+            def one(theta, w, g):
+                return E.chunked_vjp(vjp_fn, theta, w, g, chunk)
 
         @jax.jit
         def f(theta, ws, gs):
-            outs = [E.chunked_vjp(vjp_fn, theta, w, g, chunk) for w, g in zip(ws, gs, strict=True)]
+            outs = [one(theta, w, g) for w, g in zip(ws, gs, strict=True)]
             return jax.tree.map(lambda *a: sum(a), *[o[0] for o in outs]), [o[1] for o in outs]
         return lambda: f(theta, ws, gs)
 
@@ -204,7 +218,8 @@ def estimator_section(rounds: int) -> dict:
     if jax.default_backend() == "cpu":
         grid = {"autodiff": {8192, 65536}, "matmul": {4096, 8192, 16384, 65536}, "reduce": {8192, 65536}}
     else:
-        grid = {"autodiff": {65536, 1 << 22}, "matmul": {65536, 1 << 22}, "reduce": {65536, 1 << 20, 1 << 22}}
+        grid = {"autodiff": {65536, 1 << 22}, "matmul": {65536, 1 << 22}, "reduce": {65536, 1 << 20, 1 << 22},
+                "pallas": {2048, 8192, 32768}}
     candidates = {f"{form}/{chunk}": make(form, chunk) for form, chunks in grid.items() for chunk in sorted(chunks)}
     times = interleaved_medians(candidates, rounds)
     n = sum(int(np.prod(s)) for s in shapes)
@@ -229,6 +244,8 @@ def main() -> None:
     parser.add_argument("--big-rounds", type=int, default=1)
     parser.add_argument("--no-xla", action="store_true", help="skip mlpbnn with XLA's convolution gradient")
     parser.add_argument("--no-estimator", action="store_true", help="skip the estimator-alone section")
+    parser.add_argument("--mlp-backward", default="auto", choices=("auto",) + E.BACKWARD_FORMS + ("pallas",),
+                        help="the MLP backward form in the steps (the estimator-alone section times all)")
     parser.add_argument("--only-estimator", action="store_true",
                         help="only the estimator-alone section (written to train_step_estimator*.json)")
     args = parser.parse_args()
@@ -258,7 +275,8 @@ def main() -> None:
     for size in sizes:
         for label, (model_name, weights, builder) in NETWORKS.items():
             t0 = time.perf_counter()
-            fns[("mlpbnn", label, size)] = mlpbnn_step(model_name, weights, size, args.batch, "auto")
+            fns[("mlpbnn", label, size)] = mlpbnn_step(model_name, with_backward(weights, args.mlp_backward), size,
+                                                       args.batch, "auto")
             build_s[f"mlpbnn/{label}/{size}"] = time.perf_counter() - t0
             if not args.no_xla and size == sizes[0] and label != "bireal18_mlp":
                 fns[("mlpbnn_xla_conv", label, size)] = mlpbnn_step(model_name, weights, size, args.batch, "xla")
@@ -310,7 +328,8 @@ def main() -> None:
     if args.big:
         del fns
         gc.collect()
-        big = {w: mlpbnn_step("bireal_resnet18", w, 224, 32, "auto", small_inputs=False) for w in ("mlp", "ste")}
+        big = {w: mlpbnn_step("bireal_resnet18", with_backward(w, args.mlp_backward), 224, 32, "auto",
+                              small_inputs=False) for w in ("mlp", "ste")}
         tb = interleaved_medians(big, args.big_rounds)
         shares["224x224_batch32"] = {"mlp_s": tb["mlp"], "ste_s": tb["ste"], "share": share(tb["mlp"], tb["ste"]),
                                      "rounds": args.big_rounds}
