@@ -120,13 +120,19 @@ def test_mlp_backward_at_network_scale(backward):
     x = rng.uniform(-0.07, 0.07, 147_456).astype(f32)
     g = rng.normal(0, 1e-3, x.shape).astype(f32)
     dtheta, dx = jax.jit(jax.grad(lambda th, v: jnp.sum(est(th, v) * g), argnums=(0, 1)))(theta, jnp.asarray(x))
+    assert_matches_float64(theta, x, g, dtheta, dx)
+
+
+def assert_matches_float64(theta, x, g, dtheta, dx, rtol=1e-5):
+    """The tanh MLP's gated backward (no biases) in float64 numpy, written from the BBC formulas:
+    h = tanh(x w0), gate |h w1| < 1, dx = ((1 - h^2) (g_gated w1^T)) w0."""
     w0, w1 = np.asarray(theta["w0"], np.float64)[0], np.asarray(theta["w1"], np.float64)
-    xd, gd = x.astype(np.float64), g.astype(np.float64)
+    xd, gd = np.asarray(x, np.float64), np.asarray(g, np.float64)
     h = np.tanh(np.outer(xd, w0))
     gate_g = gd[:, None] * (np.abs(h @ w1) < 1)
     dpre = (1 - h ** 2) * (gate_g @ w1.T)
     expected = {"w0": (xd @ dpre)[None], "w1": h.T @ gate_g}
-    np.testing.assert_allclose(np.asarray(dx), dpre @ w0, rtol=1e-5, atol=1e-5 * np.max(np.abs(dpre @ w0)))
+    np.testing.assert_allclose(np.asarray(dx), dpre @ w0, rtol=rtol, atol=rtol * np.max(np.abs(dpre @ w0)))
     for k, ref_k in expected.items():
-        np.testing.assert_allclose(np.asarray(dtheta[k]), ref_k, rtol=1e-5, atol=1e-5 * np.max(np.abs(ref_k)),
+        np.testing.assert_allclose(np.asarray(dtheta[k]), ref_k, rtol=rtol, atol=rtol * np.max(np.abs(ref_k)),
                                    err_msg=k)

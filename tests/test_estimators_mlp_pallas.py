@@ -11,7 +11,7 @@ import pytest
 from mlpbnn import estimators as E
 from mlpbnn.estimators import mlp_backward as K
 from mlpbnn.estimators import mlp_pallas as P
-from tests.test_estimators_mlp_backward import _eqns, _plain_surrogate_grads
+from tests.test_estimators_mlp_backward import _eqns, _plain_surrogate_grads, assert_matches_float64
 
 f32 = np.float32
 
@@ -66,16 +66,7 @@ def test_pallas_backward_at_default_chunk_against_float64():
     g = rng.normal(0, 1e-3, x.shape).astype(f32)
     dtheta, dx = jax.jit(lambda th, v, c: P.gated_mlp_vjp_pallas(th, v, c, "tanh"))(theta, jnp.asarray(x),
                                                                                    jnp.asarray(g))
-    w0, w1 = np.asarray(theta["w0"], np.float64)[0], np.asarray(theta["w1"], np.float64)
-    xd, gd = x.astype(np.float64), g.astype(np.float64)
-    h = np.tanh(np.outer(xd, w0))
-    gate_g = gd[:, None] * (np.abs(h @ w1) < 1)
-    dpre = (1 - h ** 2) * (gate_g @ w1.T)
-    expected = {"w0": (xd @ dpre)[None], "w1": h.T @ gate_g}
-    np.testing.assert_allclose(np.asarray(dx), dpre @ w0, rtol=1e-5, atol=1e-5 * np.max(np.abs(dpre @ w0)))
-    for k, ref_k in expected.items():
-        np.testing.assert_allclose(np.asarray(dtheta[k]), ref_k, rtol=1e-5, atol=1e-5 * np.max(np.abs(ref_k)),
-                                   err_msg=k)
+    assert_matches_float64(theta, x, g, dtheta, dx)
 
 
 def test_pallas_backward_under_vmap_equals_each_copy():
