@@ -29,8 +29,10 @@ Writes ``bench/results/latency.json`` and ``bench/results/latency.png``.
    - ``torch_1t`` / ``torch_all``: the same program in PyTorch float32 (weights prepared once).
    Model size: the export on disk against the float32 variables.
 
-All candidates of one table are timed in interleaved rounds in one process (medians), so machine
-noise (a shared 2-core box) hits them alike: compare the ratios, not the absolute times.
+All candidates of one table are timed in interleaved rounds in one process (medians over rounds;
+minima in the JSON too), so machine noise (a shared 2-core box) hits them alike: compare the
+ratios, not the absolute times. At batch 1 a sample is the mean of a burst of back-to-back calls
+(20 per layer, 5 per network): warm latency.
 """
 
 from __future__ import annotations
@@ -66,14 +68,18 @@ LAYERS = [("layer1", 56, 64, 64, 1), ("layer2_0", 56, 64, 128, 2), ("layer2", 28
 ALL_THREADS = os.cpu_count() or 1
 
 
-PAUSE_S = 0.05  # between timed calls: lets the other framework's spinning worker threads go idle
+PAUSE_S = 0.05  # between timed bursts: lets the other framework's spinning worker threads go idle
+BURST_B1 = 20  # back-to-back calls per sample for the batch-1 layers (5 for whole networks)
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, timed round-robin (machine noise hits them alike), with
-    a pause before each call: XLA's and PyTorch's thread pools spin for a while after their work,
-    and on two cores a spinning pool starves the next candidate's second thread (measured: PyTorch
-    with 2 threads 10x slower right after an XLA call without the pause)."""
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
+                burst: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, timed round-robin (machine noise hits them alike): in
+    each round, each candidate runs ``burst`` calls back to back (their mean is one sample: warm
+    latency, without the wake-up of sleeping thread pools that a single call after a pause
+    measures), after a pause: XLA's and PyTorch's thread pools spin for a while after their work,
+    and on two cores a spinning pool starves the next candidate's second thread (measured:
+    PyTorch with 2 threads 10x slower right after an XLA call without the pause)."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -82,8 +88,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1)
         for name, fn in fns.items():
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(burst):
+                block(fn())
+            times[name].append((time.perf_counter() - t0) / burst)
     return times
 
 
@@ -169,7 +176,7 @@ def bench_layers(size: int, batches: list[int], rounds: int) -> list[dict[str, A
                     fns["im2col_words"] = lambda f=im, a=xb, bt=bits: f(a, bt)
             for threads, label in ((1, "torch_1t"), (ALL_THREADS, "torch_all")):
                 fns[label] = _torch(lambda a=xt, b=wt, s=stride, p=pad: F.conv2d(a, b, None, s, p), threads)
-            t, ms = _stats(interleaved(fns, rounds))
+            t, ms = _stats(interleaved(fns, rounds, burst=BURST_B1 if batch == 1 else 1))
             row = {"layer": name, "batch": batch, "input": [h, h, cin], "out_channels": cout, "stride": stride,
                    "kernel": k, **ms}
             if not stem:
@@ -289,7 +296,7 @@ def bench_models(names: list[str], size: int, batches: list[int], rounds: int) -
             agree = {k: float(np.mean(o.argmax(-1) == outs["packed"].argmax(-1))) for k, o in outs.items()}
             diff = {k: float(np.abs(o - outs["xla_float"]).max()) for k, o in outs.items() if k != "packed_pad1"}
             t0 = time.perf_counter()
-            t, ms = _stats(interleaved(fns, rounds, warmup=0))
+            t, ms = _stats(interleaved(fns, rounds, warmup=0, burst=5 if batch == 1 else 1))
             row = {"model": name, "batch": batch, "size": size, **ms,
                    "speedup_of_packed": {k: s / t["packed"] for k, s in t.items()},
                    "top1_agreement_with_packed": agree, "max_abs_logit_diff_vs_xla_float": diff,
@@ -320,14 +327,14 @@ def plot(layers: list[dict[str, Any]], nets: list[dict[str, Any]], path: Path) -
     width = 0.8 / (2 * len(batches))
     for i, b in enumerate(batches):
         rs = {r["layer"]: r for r in binary if r["batch"] == b}
-        for j, (key, label) in enumerate((("xla_float", "XLA float"), ("torch_all", f"PyTorch {ALL_THREADS}t"))):
-            vals = [rs[n]["ms"][key] / rs[n]["ms"]["packed"] for n in names]
+        for j, (keys, label) in enumerate(((("xla_float",), "XLA float"), (("torch_1t", "torch_all"), "PyTorch"))):
+            vals = [min(rs[n]["ms"][k] for k in keys) / rs[n]["ms"]["packed"] for n in names]
             ax.bar(np.arange(len(names)) + (2 * i + j - len(batches) + 0.5) * width, vals, width,
                    label=f"vs {label}, batch {b}")
     ax.axhline(5, color="k", ls="--", lw=0.8)
     ax.set_xticks(np.arange(len(names)), names, rotation=30)
-    ax.set_ylabel("speedup of the packed layer (x)")
-    ax.set_title("binary 3x3 conv layers of bireal_resnet18")
+    ax.set_ylabel("speedup of the packed layer (x, medians)")
+    ax.set_title("binary 3x3 conv layers of bireal_resnet18 (PyTorch: its faster thread count)")
     ax.legend(fontsize=8)
     ax = axes[1]
     markers = {"packed": "o", "packed_pad1": "s", "xla_float": "^", "torch_all": "v", "torch_1t": "<"}

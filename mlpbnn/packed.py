@@ -314,7 +314,7 @@ class PackedNetwork:
 
     ``net(x)`` returns the outputs (logits) of the NHWC float batch ``x`` as a jax Array. On the
     CPU the compiled code prefers 512-bit vectors (``xla_cpu_prefer_vector_width``): LLVM's default
-    of 256 bits halves the width of the popcount loops on AVX-512 CPUs (measured 1.4-2.3x slower).
+    of 256 bits halves the width of the popcount loops on AVX-512 CPUs (measured 1.3-2.4x slower).
     """
 
     def __init__(self, program: Mapping[str, Any], arrays: Mapping[str, np.ndarray], dtype: Any = jnp.float32,
