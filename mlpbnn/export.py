@@ -124,27 +124,23 @@ class _Call:
 
 def _trace(model: nn.Module, variables: Mapping[str, Any], x: Any) -> list[_Call]:
     """The module calls of ``model.apply(variables, x)`` in order, nested by path (no computation)."""
-    top: list[_Call] = []
-    by_path: dict[str, _Call] = {}
+    done: list[_Call] = []  # in the order the calls finish: children before their parent
 
     def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        path = "/".join(context.module.path)
         out = next_fun(*args, **kwargs)
-        if path and path not in by_path and not isinstance(context.module, layers.EstimatorParams):
-            call = by_path[path] = _Call(path, context.module, [])
-            parent = path.rsplit("/", 1)[0] if "/" in path else None
-            (by_path[parent].children if parent in by_path else top).append(call)
+        path = "/".join(context.module.path)
+        if (context.method_name == "__call__" and path and not isinstance(context.module, layers.EstimatorParams)
+                and all(c.path != path for c in done)):
+            done.append(_Call(path, context.module, []))
         return out
 
-    # Children finish before their parent: collect first, then attach children to parents.
     with nn.intercept_methods(interceptor):
         jax.eval_shape(lambda v, a: model.apply(v, a), variables, x)
-    for call in list(top):
-        if "/" in call.path:
-            top.remove(call)
-            by_path[call.path.rsplit("/", 1)[0]].children.append(call)
+    by_path = {c.path: c for c in done}
+    top = []
+    for call in done:  # a parent's children keep their call order
+        parent = call.path.rsplit("/", 1)[0] if "/" in call.path else None
+        (by_path[parent].children if parent in by_path else top).append(call)
     return top
 
 
