@@ -1,6 +1,6 @@
 """Inference latency of bit-packed XNOR-popcount networks against float XLA and PyTorch, on this CPU.
 
-    python bench/latency.py [--rounds 3] [--models bireal_resnet18,bireal_resnet34] [--batches 1,32]
+    python -m bench.latency [--rounds 3] [--models bireal_resnet18,bireal_resnet34] [--batches 1,32]
                             [--size 224] [--quick]
 
 Writes ``bench/results/latency.json`` and ``bench/results/latency.png``.
@@ -41,24 +41,21 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jax import lax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from jax import lax  # noqa: E402
-
-from bench.common import RESULTS, block, write_json  # noqa: E402
-from mlpbnn import complexity, export, models, packed  # noqa: E402
+from bench.common import RESULTS, block, write_json
+from mlpbnn import complexity, export, models, packed
 
 CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
 # (input size, in channels, out channels, stride) of bireal_resnet18's binary convs at 224 (scaled with --size)
