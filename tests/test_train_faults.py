@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlpbnn import data
-from mlpbnn.train import TrainingDiverged, run
+from mlpbnn.train import ConfigError, TrainingDiverged, run
 from mlpbnn.train.checkpoint import Checkpoints
 from mlpbnn.train.config import eval_batch_size
 from mlpbnn.train.loop import Trainer
@@ -201,3 +201,15 @@ def test_random_kills_never_lose_work(tmp_path):
         ckpts.close()
     print(f"fault injection: {kills} kills and as many resumes; every run ended equal to the uninterrupted one")
     assert kills >= 2
+
+
+@pytest.mark.slow
+def test_a_changed_config_is_an_error_not_damage(tmp_path):
+    """Rerunning a workdir with another model: the checkpoint is readable but does not fit, so the
+    run stops naming the mismatch and moves nothing aside."""
+    run(small(num_train_steps=2), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"checkpoint 2 in .* holds the state of another model or optimizer .*"
+                                          r"batch_stats/bn1/mean: stored \(8,\), the config's \(16,\)"):
+        run(small(num_train_steps=4, **{"model.width": 16}), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints_damaged").exists()
+    assert Checkpoints(tmp_path / "run", 3).manager.all_steps() == [2]

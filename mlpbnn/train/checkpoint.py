@@ -32,6 +32,15 @@ class _NoMetricsNote(logging.Filter):
 logging.getLogger("absl").addFilter(_NoMetricsNote())
 
 
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint whose state does not fit the run's model or optimizer."""
+
+
+def _flat(tree: Any) -> dict[tuple, Any]:
+    return {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
@@ -53,7 +62,10 @@ class Checkpoints:
             keep_policies.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
                                                 n=1, keep_checkpoints_without_metrics=False))
         self.manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "meta"),
+            self.directory,
+            # Handlers named up front (not only on the first save or restore), so that a fresh
+            # manager can read a checkpoint's state metadata before restoring it.
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
                 create=True, preservation_policy=policies.AnyPreservationPolicy(keep_policies),
                 # With a best_fn orbax writes each save's metrics to disk, where best_step() finds them
@@ -94,8 +106,22 @@ class Checkpoints:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
     def restore_state(self, step: int, template: Any) -> Any:
-        """Restores onto ``template``'s shapes, dtypes and shardings."""
+        """Restores onto ``template``'s shapes, dtypes and shardings; ``CheckpointMismatch`` if
+        the checkpoint holds another model's or optimizer's state (a changed config, not damage)."""
         target = flax.serialization.to_state_dict(template)
+        stored = self.manager.item_metadata(step)["state"]
+        have = {k: tuple(v.shape) for k, v in _flat(getattr(stored, "tree", stored)).items()
+                if getattr(v, "shape", None) is not None}
+        if not have:  # zeroed or missing metadata: damage, not a different model
+            raise ValueError(f"checkpoint {step}: the state's metadata is unreadable")
+        want = {k: tuple(v.shape) for k, v in _flat(target).items()}
+        wrong = [f"{'/'.join(k)}: stored {have.get(k)}, the config's {want.get(k)}"
+                 for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+        if wrong:
+            raise CheckpointMismatch(
+                f"checkpoint {step} in {self.directory} holds the state of another model or optimizer (a changed "
+                f"config?): {'; '.join(wrong[:5])}{f' and {len(wrong) - 5} more' if len(wrong) > 5 else ''}. "
+                "Use a new workdir, or the config the run was started with")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(target))))
         return flax.serialization.from_state_dict(template, restored.state)

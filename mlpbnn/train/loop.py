@@ -31,7 +31,7 @@ from mlpbnn import layers as L
 from mlpbnn.data.base import data_sharding, to_global
 from mlpbnn.tasks.base import local_rows
 from mlpbnn.train import optim
-from mlpbnn.train.checkpoint import Checkpoints
+from mlpbnn.train.checkpoint import CheckpointMismatch, Checkpoints
 from mlpbnn.train.config import ConfigError, eval_batch_size, is_binary, model_kwargs, total_steps, validate
 from mlpbnn.train.metrics import MetricWriter, parameter_overview
 from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
@@ -252,6 +252,8 @@ class Trainer:
         if restore is not None:
             try:
                 state = ckpts.restore_state(restore, self._state(variables, tx, key))
+            except CheckpointMismatch as e:  # readable, but not this config's: an error, not damage
+                raise ConfigError(str(e)) from e
             except Exception as e:  # noqa: BLE001 - missing, truncated or zeroed files
                 raise DamagedCheckpoint(restore, e) from e
         else:
