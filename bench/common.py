@@ -20,19 +20,30 @@ def block(tree: Any) -> Any:
     return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, timed round-robin so that machine noise
-    (this is a shared 2-core box) hits every candidate alike."""
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, burst: int = 1,
+                      pause: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed round-robin so that machine noise (this is a
+    shared 2-core box) hits every candidate alike: in each round each candidate runs ``burst``
+    calls back to back (their mean is one sample), after ``pause`` seconds of sleep (lets another
+    framework's spinning worker threads go idle first)."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            for _ in range(burst):
+                block(fn())
+            times[name].append((time.perf_counter() - t0) / burst)
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function (``interleaved_times``)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, rounds, warmup).items()}
 
 
 def machine() -> dict[str, Any]:

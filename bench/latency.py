@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from jax import lax
 
-from bench.common import RESULTS, block, write_json
+from bench.common import RESULTS, interleaved_times, write_json
 from mlpbnn import complexity, export, models, packed
 
 CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
@@ -71,24 +71,12 @@ BURST_B1 = 20  # back-to-back calls per sample for the batch-1 layers (5 for who
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
                 burst: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, timed round-robin (machine noise hits them alike): in
-    each round, each candidate runs ``burst`` calls back to back (their mean is one sample: warm
-    latency, without the wake-up of sleeping thread pools that a single call after a pause
-    measures), after a pause: XLA's and PyTorch's thread pools spin for a while after their work,
-    and on two cores a spinning pool starves the next candidate's second thread (measured:
-    PyTorch with 2 threads 10x slower right after an XLA call without the pause)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            block(fn())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            for _ in range(burst):
-                block(fn())
-            times[name].append((time.perf_counter() - t0) / burst)
-    return times
+    """``bench.common.interleaved_times`` with a pause before each burst: XLA's and PyTorch's
+    thread pools spin for a while after their work, and on two cores a spinning pool starves the
+    next candidate's second thread (measured: PyTorch with 2 threads 10x slower right after an XLA
+    call without the pause). A burst's mean is warm latency, without the wake-up of sleeping
+    thread pools that a single call after a pause measures."""
+    return interleaved_times(fns, rounds, warmup, burst, pause=PAUSE_S)
 
 
 def _stats(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
