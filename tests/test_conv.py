@@ -160,6 +160,7 @@ def test_flax_conv_drop_in(padding):
     assert grouped.apply(v, jnp.ones((1, 6, 6, 4))).shape == (1, 6, 6, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bireal_resnet18", "resnet18"])
 def test_model_gradients_equal_with_both_impls(name):
     model = models.create(name, 10, width=8, small_inputs=False, stage_sizes=(1, 1, 1, 1))

@@ -80,14 +80,17 @@ def assert_parity(logits_j, logits_t, grads_j, grads_t, rtol=1e-4):
                                    err_msg="/".join(path))
 
 
+SLOW = pytest.mark.slow  # over ~10 s each here: left out of make test-fast, run in CI
+
+
 @pytest.mark.parametrize("name,stages,kw,image", [
-    ("bireal_resnet18", (2, 1, 1, 1), TINY, 16),
+    pytest.param("bireal_resnet18", (2, 1, 1, 1), TINY, 16, marks=SLOW),
     ("bireal_resnet34", (1, 2, 1, 1), TINY, 16),
-    ("bireal_resnet18", (1, 1, 1, 1), {"width": 8}, 32),       # 7x7 stem and max-pool
+    pytest.param("bireal_resnet18", (1, 1, 1, 1), {"width": 8}, 32, marks=SLOW),  # 7x7 stem and max-pool
     ("reactnet_resnet18", (2, 1, 1, 1), TINY, 16),
-    ("resnet18", (2, 1, 1, 1), TINY, 16),
-    ("resnet34", (1, 1, 1, 1), {"width": 8}, 32),
-    ("resnet50", (1, 1, 1, 1), TINY, 16),
+    pytest.param("resnet18", (2, 1, 1, 1), TINY, 16, marks=SLOW),
+    pytest.param("resnet34", (1, 1, 1, 1), {"width": 8}, 32, marks=SLOW),
+    pytest.param("resnet50", (1, 1, 1, 1), TINY, 16, marks=SLOW),
 ])
 def test_parity_with_pytorch_reference(name, stages, kw, image):
     net = reference(name, stages, 10, **kw)

@@ -159,6 +159,7 @@ def test_determinism_from_seed(world):
     assert any(not np.array_equal(x["images"], z["images"]) for (x, _), (z, _) in zip(a, c, strict=True))
 
 
+@pytest.mark.slow
 def test_worker_count_does_not_change_batches(world):
     """In this process, one grain worker process and two: the same training batches (from a position
     that is no multiple of the batch, on the second of two processes' rows) and evaluation batches."""

@@ -56,6 +56,7 @@ def test_padded_dataset_pads_with_the_value_and_keeps_the_rest():
     assert np.isclose(study.BLACK, (0.0 - 0.2860) / 0.3530)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed")
 def test_quick_study(tmp_path, capsys):
     # In two commands, the second appending its row to the first's file (a study split under a time limit).

@@ -145,6 +145,7 @@ def test_bireal_resnet18_packed_equals_fake_quantized():
     assert [op["pad_value"] for op in program["ops"] if op["op"] == "binary_conv"] == [0.0] * 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,size", [
     ("bireal_resnet18", {"width": 16, "stage_sizes": (1, 1, 1, 1), "small_inputs": True}, 12),  # 16..128 channels
     ("reactnet_resnet18", {"width": 32, "stage_sizes": (1, 2, 1, 1), "small_inputs": True}, 16),
@@ -291,6 +292,7 @@ def test_trained_digits_model_same_predictions_through_the_cli(tmp_path, capsys)
     assert accuracy > 0.5  # trained (chance is 0.1)
 
 
+@pytest.mark.slow
 def test_infer_cli_on_image_files_and_npy(tmp_path, capsys):
     """Image files go through the export's input spec; the same pixels as a preprocessed .npy give
     the same logits, in input order, and a batch with another image size runs too."""

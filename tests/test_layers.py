@@ -155,6 +155,7 @@ class _TwoConvs(nn.Module):
         return L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, weight_theta=shared)(x)
 
 
+@pytest.mark.slow
 def test_shared_and_per_layer_theta():
     x = jnp.ones((1, 5, 5, 3))
     shared = _TwoConvs(True).init(jax.random.key(0), x)
@@ -168,6 +169,7 @@ def test_shared_and_per_layer_theta():
     assert float(jnp.abs(g["estimator"]["weight_estimator"]["w1"]).sum()) > 0
 
 
+@pytest.mark.slow
 def test_learnable_input_estimator_gets_gradients():
     layer = L.BinaryConv(3, 3, 1, 1, input_estimator=E.get("linear", hidden=4), weight_estimator=E.get("ste"))
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 2))
@@ -354,6 +356,7 @@ def test_binary_layer_paths_of_real_models_and_stages():
     assert L.binary_layer_paths(dense, jnp.ones((2, 4))) == {""}  # the root module
 
 
+@pytest.mark.slow
 def test_weight_signs_are_each_layers_forward():
     model = models.create("bireal_resnet18", 10, **TINY)  # centred weights, MLP estimator (forward sign)
     x = jnp.zeros((1, 12, 12, 3))

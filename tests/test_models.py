@@ -134,7 +134,8 @@ def test_variable_paths_and_shapes_are_unchanged(key):
         assert shapes == _TINY_BIREAL
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "bireal_resnet18")
+                                  else n for n in models.names()])
 def test_shapes_dtypes_and_train_mode(name):
     model = models.create(name, 10, **TINY)
     x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
@@ -173,7 +174,8 @@ def test_backbone_feature_maps_and_classifier_head(name):
         models.create_backbone(name, stage_sizes=()).init(jax.random.key(0), x)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet50" else n
+                                  for n in models.names()])
 def test_bfloat16_keeps_bn_and_head_float32(name):
     """README's mixed-precision policy: convolutions in bf16; params, every BatchNorm (so the
     shortcut stream) and the fc head in float32; float32 logits."""
@@ -225,6 +227,7 @@ def test_estimator_defaults_and_sharing():
     assert "estimator" not in real_weights
 
 
+@pytest.mark.slow
 def test_progress_reaches_scheduled_estimators():
     """EDE (IR-Net, arXiv 1909.10788) scheduled by the progress passed to the model equals EDE
     with that point's fixed t = t_min 10^(p log10(t_max / t_min)), k = max(1/t, 1), in every

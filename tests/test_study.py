@@ -29,6 +29,7 @@ def _max_diff(a, b) -> float:
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
+@pytest.mark.slow
 def test_vmapped_copies_equal_separate_runs():
     copies = [Copy(0), Copy(1, lr_scale=0.5, estimator_lr_scale=2.0), Copy(0, lr_scale=2.0),
               Copy(0, estimator_init_scale=2.0)]

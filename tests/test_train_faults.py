@@ -143,6 +143,7 @@ def test_eval_batch_is_rounded_up_to_the_devices(tmp_path):
     assert Trainer(c, tmp_path / "run").eval_batch == 256  # refused before: not divisible by 8 devices
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
     cases = [
         (("--config.nonexistent=1",), "error: config.nonexistent: config has no field 'nonexistent'; valid: "),

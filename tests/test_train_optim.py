@@ -7,6 +7,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mlpbnn import layers, models
 from mlpbnn.train import base_config, optim
@@ -27,6 +28,7 @@ def test_schedules_and_the_epoch_start_quirk():
     np.testing.assert_allclose([float(lr(s)) for s in (19, 20, 30)], [1.0, 0.1, 0.01], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_optimizer_partitions_follow_the_model():
     c = tiny()
     c.optimizer.partitions.binary_kernel.lr_mult = 0.0  # freezes latent weights only

@@ -32,6 +32,7 @@ def test_bfloat16_step_loss_is_close_to_float32():
     assert abs(result[jnp.float32] - result[jnp.bfloat16]) < 1e-2, result
 
 
+@pytest.mark.slow
 def test_frozen_binary_weights_flip_nothing():
     """flip_ratio counts sign changes of the binary weights' forward values: zero when their
     optimizer partition is frozen, above zero when it trains at a large learning rate."""
