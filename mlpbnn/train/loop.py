@@ -73,11 +73,9 @@ class StageRun:
     """What one stage trains with."""
 
     stage: Stage
-    model: Any
     state: TrainState
     train_step: Any
     eval_step: Any
-    schedules: dict[str, Any]
 
 
 def say(msg: str) -> None:
@@ -247,7 +245,7 @@ class Trainer:
         binary = L.binary_layer_paths(model, dummy, train=False)
         variables = self._init_variables(model, jax.random.fold_in(key, stage.index))
         trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
-        tx, schedules = optim.make(config, trainable, binary, stage.end - stage.start, self.steps_per_epoch,
+        tx, _ = optim.make(config, trainable, binary, stage.end - stage.start, self.steps_per_epoch,
                                    stage.weight_decay)
         if restore is not None:
             try:
@@ -271,14 +269,14 @@ class Trainer:
         train_step = jax.jit(make_train_step(model, tx, self.task, total_steps=self.total, teacher=self.teacher),
                              in_shardings=(rep, batch, rep), out_shardings=(rep, rep), donate_argnums=(0,))
         eval_step = jax.jit(make_eval_step(model, self.task), in_shardings=(rep, batch), out_shardings=batch)
-        return StageRun(stage, model, state, train_step, eval_step, schedules)
+        return StageRun(stage, state, train_step, eval_step)
 
     # ------------------------------------------------------------------ metrics and eval
 
-    def _flush(self, pending: list[dict], step: int, seconds: float, writer: MetricWriter,
+    def _flush(self, pending: list[dict], step: int, t0: float, writer: MetricWriter,
                bar: tqdm) -> dict[str, float]:
         values = self._check_finite(pending, step)  # waits for the steps: the rate below is of computed steps
-        seconds = time.perf_counter() - seconds
+        seconds = time.perf_counter() - t0
         means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != "nonfinite"}
         means["steps_per_sec"] = len(values) / seconds
         means["examples_per_sec"] = len(values) * self.config.batch_size / seconds
