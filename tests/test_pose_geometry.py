@@ -19,7 +19,7 @@ def test_constants_match_pycocotools_and_mmpose():
     np.testing.assert_array_equal(skeleton.OKS_SIGMAS, Params(iouType="keypoints").kpt_oks_sigmas)
     np.testing.assert_array_equal(skeleton.FLIP_INDEX, [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15])
     np.testing.assert_array_equal(skeleton.FLIP_INDEX[skeleton.FLIP_INDEX], np.arange(17))
-    assert skeleton.UPPER_BODY_IDS == tuple(range(11))
+    assert tuple(range(11)) == skeleton.UPPER_BODY_IDS
     assert skeleton.JOINT_WEIGHTS.shape == (17,) and skeleton.JOINT_WEIGHTS[9] == 1.5
     for left, right in skeleton.FLIP_PAIRS:
         assert skeleton.KEYPOINT_NAMES[left].replace("left", "right") == skeleton.KEYPOINT_NAMES[right]
@@ -71,7 +71,8 @@ def test_affine_inverse_undoes_the_crop_and_sends_the_centre_to_the_middle():
     forward = geometry.affine_matrix(center, scale, -25, (192, 256))
     backward = geometry.affine_matrix(center, scale, -25, (192, 256), inverse=True)
     points = np.random.default_rng(0).uniform(0, 400, (10, 2))
-    np.testing.assert_allclose(geometry.apply_affine(geometry.apply_affine(points, forward), backward), points, atol=1e-3)
+    round_trip = geometry.apply_affine(geometry.apply_affine(points, forward), backward)
+    np.testing.assert_allclose(round_trip, points, atol=1e-3)
     np.testing.assert_allclose(geometry.apply_affine(center[None], forward), [[96, 128]], atol=1e-4)
     # A similarity: only scale[0] sets the zoom, 192 / (1.3 * 200).
     np.testing.assert_allclose(np.linalg.det(forward[:, :2]), (192 / 260) ** 2, rtol=1e-5)
@@ -142,5 +143,5 @@ def test_to_image_coords_equals_the_inverse_affine_batched_and_in_jax():
     in_jax = geometry.to_image_coords(jnp.asarray(coords), jnp.asarray(centers), jnp.asarray(scales), (48, 64))
     np.testing.assert_allclose(np.asarray(in_jax), got, rtol=1e-5, atol=1e-3)
     # pose.md: x_img = c_x + (x_hm - 24) * (s_w * 200 / 48).
-    one = geometry.to_image_coords(np.array([[30.0, 10.0]]), np.array([130.0, 150.0]), np.array([0.9375, 1.25]), (48, 64))
+    one = geometry.to_image_coords([[30.0, 10.0]], [130.0, 150.0], [0.9375, 1.25], (48, 64))
     np.testing.assert_allclose(one, [[130 + 6 * 3.90625, 150 - 22 * 3.90625]])
