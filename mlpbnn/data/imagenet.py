@@ -56,15 +56,22 @@ from PIL import Image
 
 from mlpbnn.data.base import Batch, ClassificationDataset, eval_pad_size, local_slice, stream_indices
 
+# AUTO_WORKERS, ENDLESS and MEAN stay importable from here (tests, benchmarks).
+from mlpbnn.data.pipeline import (  # noqa: F401
+    AUTO_WORKERS,
+    ENDLESS,
+    MEAN,
+    STD,
+    grain_stream,
+    normalise_into,
+    threads,
+    worker_processes,
+)
+
 NAME = "imagenet2012"
 TAR_FILES = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
 TEST_TAR = "ILSVRC2012_img_test.tar"
 CORRUPT_LIST = "corrupt_images.txt"
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-# uint8 pixel -> normalised value in one multiply-add.
-_SCALE = (1.0 / (255.0 * STD)).astype(np.float32)
-_OFFSET = (-MEAN / STD).astype(np.float32)
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
            "area": Image.Resampling.BOX}
@@ -87,10 +94,6 @@ def _say(msg: str) -> None:
 def default_data_dir() -> str:
     """TFDS's default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
-
-
-def _workers(workers: int) -> int:
-    return workers if workers and workers > 0 else (os.cpu_count() or 1)
 
 
 def _builder(data_dir: str):
@@ -119,7 +122,7 @@ class _Verifier:
     """Decodes the images TFDS is writing in a thread pool, keeping a bounded number in flight."""
 
     def __init__(self, workers: int, log: Callable[[str], None], every: int = 50_000):
-        n = _workers(workers)
+        n = threads(workers)
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="imagenet-verify")
         self.pending: collections.deque[tuple[str, str, Future]] = collections.deque()
         self.limit, self.log, self.every = 8 * n, log, every
@@ -361,16 +364,6 @@ def parse_record(raw: bytes) -> tuple[bytes, int, str]:
             feature["file_name"].bytes_list.value[0].decode())
 
 
-# Normalisation as one lookup per channel: table[c, v] = (v / 255 - MEAN[c]) / STD[c].
-_TABLE = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE + _OFFSET).T)
-
-
-def normalise_into(out: np.ndarray, pixels: np.ndarray) -> None:
-    """Writes the normalised float32 version of uint8 RGB ``pixels`` (h, w, 3) into ``out``."""
-    for c in range(3):
-        np.take(_TABLE[c], pixels[..., c], out=out[..., c])
-
-
 def lighting_noise(rng: np.random.Generator, alphastd: float) -> np.ndarray:
     """AlexNet's PCA colour noise (Krizhevsky, Sutskever, Hinton, NeurIPS 2012, sec. 4.1): the RGB shift
     ``sum_j eigvec[:, j] * alpha_j * eigval_j`` with ``alpha_j ~ N(0, alphastd)``, on the 0-1 pixel scale,
@@ -516,17 +509,6 @@ def _read(records: Any, indices: np.ndarray) -> Sequence[bytes]:
     return records.__getitems__([int(i) for i in indices]) if len(indices) else []
 
 
-def _absl_flags_parsed() -> None:
-    """grain reads its absl flags (profiling, debug mode) when it starts workers; outside an absl app
-    (tests, notebooks, benchmarks) nothing has parsed them, so their defaults are taken."""
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
-ENDLESS = 2**62  # batches in a training stream: grain's MapDataset wants a length
-AUTO_WORKERS = 32  # the most grain worker processes that ``workers=-1`` starts
 
 
 class ImageNet(ClassificationDataset):
@@ -543,8 +525,6 @@ class ImageNet(ClassificationDataset):
             raise ValueError(f"data.crop_scale_min must be in (0, 1], got {crop_scale_min}")
         if not lighting >= 0.0:
             raise ValueError(f"data.lighting must be >= 0 (0: off), got {lighting}")
-        if int(workers) < -1:
-            raise ValueError(f"data.workers must be -1 (one per core), 0 (in this process) or a count, got {workers}")
         self.data_dir = os.path.expanduser(data_dir or default_data_dir())
         self.builder = _builder(self.data_dir)
         if not self.builder.is_prepared():
@@ -559,9 +539,7 @@ class ImageNet(ClassificationDataset):
                                float(lighting))
         self.seed, self.size, self.eval_resize = int(seed), size, resize
         self.image_shape = (size, size, 3)
-        # -1: one grain worker per core, at most AUTO_WORKERS (each is a Python process of ~0.3 GB, jax
-        # imported by grain, plus its batches in flight); 0: in this process.
-        self.workers = min(_workers(-1), AUTO_WORKERS) if int(workers) < 0 else int(workers)
+        self.workers = worker_processes(workers)
         self.prefetch = max(1, int(prefetch))
         sizes = _split_sizes(self.builder)
         self.train_size, self.eval_size = sizes.get("train", 0), sizes.get("validation", 0)
@@ -604,7 +582,7 @@ class ImageNet(ClassificationDataset):
     def describe(self) -> str:
         a = self.augment
         decode = (f"{self.workers} grain worker processes" if self.workers
-                  else f"in-process, {_workers(0)} grain read threads")
+                  else f"in-process, {threads(0)} grain read threads")
         return (super().describe() + f" (tfds imagenet2012 at {self.builder.data_dir}; train crop area "
                 f">= {a.crop_scale_min}{f', lighting {a.lighting}' if a.lighting else ''}, eval resize "
                 f"{a.eval_resize} + centre crop, {a.resize_method}, {decode})")
@@ -643,29 +621,7 @@ class ImageNet(ClassificationDataset):
                                     "not in the manual dir when it was prepared)")
 
     def _stream(self, fn: Callable[[int], Batch], length: int) -> Iterator[Batch]:
-        """Elements ``fn(0), fn(1), ...`` in order. With workers, grain's ``mp_prefetch`` gives worker
-        ``i`` the elements ``i, i + workers, ...`` (each a whole batch, so batches do not depend on
-        the worker count) and interleaves them back; without, grain's read threads run ``fn``. Closing
-        the generator (or dropping it) stops the workers."""
-        import grain
-
-        _absl_flags_parsed()
-        ds = grain.MapDataset.range(length).map(fn)
-        if self.workers:
-            # A worker computes one batch while ``prefetch`` wait in its queue: batches are large.
-            pipeline = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=self.prefetch))
-        else:
-            threads = _workers(0)
-            pipeline = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                            prefetch_buffer_size=threads + self.prefetch))
-        it = iter(pipeline)
-        try:
-            for batch in it:
-                # Plain ndarray views (worker outputs arrive as grain's shared-memory array subclass).
-                yield {k: np.asarray(v) for k, v in batch.items()}
-        finally:
-            it.close()
+        return grain_stream(fn, length, self.workers, self.prefetch)
 
     # --- the Dataset interface
 
