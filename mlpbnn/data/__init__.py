@@ -2,7 +2,10 @@
 
 - ``digits``: scikit-learn's digits, embedded (the quick start's default);
 - ``fashion_mnist``: Fashion-MNIST from its IDX files (``data.dir``);
-- ``imagenet``: ILSVRC2012 through tensorflow-datasets (``mlpbnn.data.imagenet``).
+- ``imagenet``: ILSVRC2012 through tensorflow-datasets (``mlpbnn.data.imagenet``);
+- ``coco``: COCO person keypoints, top-down (``mlpbnn.data.coco``);
+- ``pose_synthetic``: generated stick figures in COCO's format through the same pipeline
+  (``mlpbnn.data.synthetic_pose``; the pose quick start).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 
 from mlpbnn.data.base import Dataset
 
-NAMES = ("digits", "fashion_mnist", "imagenet")
+NAMES = ("digits", "fashion_mnist", "imagenet", "coco", "pose_synthetic")
 
 
 def create(data_config: Any, seed: int) -> Dataset:
@@ -25,4 +28,10 @@ def create(data_config: Any, seed: int) -> Dataset:
     if name == "imagenet":
         from mlpbnn.data.imagenet import ImageNet
         return ImageNet.from_config(data_config, seed)
+    if name == "coco":
+        from mlpbnn.data.coco import CocoKeypoints
+        return CocoKeypoints.from_config(data_config, seed)
+    if name == "pose_synthetic":
+        from mlpbnn.data.coco import synthetic
+        return synthetic(data_config, seed)
     raise ValueError(f"unknown data.name {name!r}; valid: {', '.join(NAMES)}")

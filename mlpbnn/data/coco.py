@@ -1,0 +1,518 @@
+"""COCO person keypoints for top-down pose estimation, in the protocol of HRNet's PyTorch code
+(Sun et al., arXiv 1902.09212; leoxiaobin/deep-high-resolution-net.pytorch ``lib/dataset/coco.py``
+and ``JointsDataset.py``), which SimpleBaseline (arXiv 1804.06208) shares and mmpose reproduces.
+
+One example is one person box cropped from its image. Training boxes are the ground-truth ones
+(HRNet's sanitising, instances without a labelled keypoint dropped); evaluation boxes are either the
+ground-truth ones (score 1) or a person detector's (``det_file``, e.g. HRNet's
+``COCO_val2017_detections_AP_H_56_person.json``; score >= ``image_thre``). A box becomes a centre and
+a scale (aspect fixed to the input's, x1.25, pixel_std 200: ``mlpbnn.pose.geometry``).
+
+Training augmentation in HRNet's order, all drawn from ``(seed, global stream position)`` so that a
+resumed run, any process count and any worker count see the same pixels: half body (p 0.3, > 8
+visible joints), scale ``clip(N(0,1) * 0.35 + 1, 0.65, 1.35)``, rotation ``clip(N(0,1) * 45, -90,
+90)`` with p 0.6, horizontal flip (p 0.5, joints mirrored and left/right swapped); then the affine
+crop (OpenCV ``warpAffine``, bilinear, zero border), ImageNet mean/std normalisation, and Gaussian
+heatmap targets (sigma 2, a quarter of the input size) with per-joint weights
+(``mlpbnn.pose.codec.encode``).
+
+Batches: ``images`` (B, H, W, 3) float32; training adds ``heatmaps`` (B, H/4, W/4, 17) and
+``target_weight`` (B, 17); evaluation adds ``mask`` and host-only fields under ``batch['host']``
+(``image_id``, ``center``, ``scale``, ``score``, ``area``: what mapping predictions back to image
+coordinates and HRNet's rescoring and OKS-NMS need). Every evaluation box is evaluated once: the
+last batch is padded and masked.
+
+Images are read by an ``ImageSource``: JPEG files through OpenCV (``FileImages``, BGR -> RGB as
+HRNet's ``COLOR_RGB: true``), or generated ones (``mlpbnn.data.synthetic_pose``). Reading runs on
+grain (``mlpbnn.data.pipeline``), with worker processes.
+
+Bad input is refused before training, naming the file and the annotation or image id: unreadable
+or malformed annotation JSON, annotations of unknown images, keypoint lists of the wrong length,
+malformed boxes, missing image files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlpbnn.data.base import HOST, Batch, Dataset, eval_pad_size, local_slice, stream_indices
+from mlpbnn.data.pipeline import ENDLESS, grain_stream, normalise_into, worker_processes
+from mlpbnn.pose import codec, geometry
+from mlpbnn.pose.skeleton import FLIP_PAIRS, JOINT_WEIGHTS
+
+NUM_JOINTS = 17
+PIXEL_STD = 200.0
+_AUG_KEY = 0xC0C0  # keeps the augmentation seeds apart from stream_indices' permutation seeds
+SPLITS = {"train": "train2017", "val": "val2017"}
+BOX_SOURCES = ("gt", "det")
+
+
+def _say(msg: str) -> None:
+    print(f"[coco] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+
+class ImageSource(Protocol):
+    def load(self, image_id: int) -> np.ndarray:
+        """The image as uint8 RGB (h, w, 3)."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FileImages:
+    """Image files of a COCO split: ``directory / file_names[image_id]``, read with OpenCV (EXIF
+    orientation ignored, as COCO's annotations are in the stored orientation). Picklable."""
+
+    directory: str
+    file_names: dict[int, str]
+    color_rgb: bool = True
+
+    def path(self, image_id: int) -> str:
+        return os.path.join(self.directory, self.file_names[int(image_id)])
+
+    def load(self, image_id: int) -> np.ndarray:
+        import cv2
+
+        path = self.path(image_id)
+        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if image is None:  # unreadable: warn once per process and file; a long run must not stop
+            with _warned_lock:
+                first = path not in _warned
+                _warned.add(path)
+            if first:
+                _say(f"cannot decode {path} (image {image_id}); using a black image")
+            return np.zeros((8, 8, 3), np.uint8)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if self.color_rgb else image
+
+    def missing(self, image_ids: Sequence[int]) -> list[int]:
+        return [i for i in image_ids if not os.path.isfile(self.path(i))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Annotations -> records (one per person box)
+
+
+@dataclass(frozen=True)
+class Records:
+    """Person boxes as arrays (rows = examples): ``image_id`` (N,), ``joints`` (N, 17, 2) and
+    ``visible`` (N, 17) in image pixels (ground truth; zeros for detections), ``center`` and
+    ``scale`` (N, 2), ``score`` (N,: 1 for ground truth, the detector's otherwise)."""
+
+    image_id: np.ndarray
+    joints: np.ndarray
+    visible: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @property
+    def area(self) -> np.ndarray:
+        """HRNet's box area for OKS-NMS: that of the padded, aspect-fixed box."""
+        return (self.scale[:, 0] * PIXEL_STD) * (self.scale[:, 1] * PIXEL_STD)
+
+    @staticmethod
+    def build(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]) -> Records:
+        if not rows:
+            z = np.zeros
+            return Records(z(0, np.int64), z((0, NUM_JOINTS, 2), np.float32), z((0, NUM_JOINTS), np.float32),
+                           z((0, 2), np.float64), z((0, 2), np.float64), z(0, np.float64))
+        ids, joints, visible, center, scale, score = zip(*rows, strict=True)
+        return Records(np.asarray(ids, np.int64), np.stack(joints).astype(np.float32),
+                       np.stack(visible).astype(np.float32), np.stack(center), np.stack(scale),
+                       np.asarray(score, np.float64))
+
+
+def load_annotations(ann_file: str | Path) -> Any:
+    """pycocotools ``COCO`` of a person-keypoints file, checked: unreadable JSON, annotations of
+    unknown images, keypoint lists that are not 17 x 3 numbers and malformed boxes are ValueErrors
+    naming the file and the annotation id."""
+    from pycocotools.coco import COCO
+
+    path = Path(ann_file)
+    try:
+        dataset = json.loads(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the annotation file ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid annotation file ({type(e).__name__}: {e})") from e
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list) \
+            or not isinstance(dataset.get("annotations"), list):
+        raise ValueError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations' lists)")
+    check_annotations(dataset, str(path))
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def check_annotations(dataset: dict[str, Any], name: str) -> None:
+    images = set()
+    for im in dataset["images"]:
+        if not isinstance(im, dict) or not {"id", "file_name", "width", "height"} <= im.keys():
+            raise ValueError(f"{name}: image entry {im.get('id') if isinstance(im, dict) else im!r} needs "
+                             "id, file_name, width and height")
+        images.add(im["id"])
+    for ann in dataset["annotations"]:
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        where = f"{name}: annotation {aid}"
+        if not isinstance(ann, dict) or aid is None:
+            raise ValueError(f"{name}: an annotation without an id ({str(ann)[:80]})")
+        if ann.get("image_id") not in images:
+            raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not among the file's images")
+        kpts = ann.get("keypoints")
+        if not isinstance(kpts, list) or len(kpts) != 3 * NUM_JOINTS or not all(_number(v) for v in kpts):
+            got = f"{len(kpts)} values" if isinstance(kpts, list) else repr(kpts)[:40]
+            raise ValueError(f"{where}: keypoints must be {3 * NUM_JOINTS} numbers (x, y, v for 17 joints), "
+                             f"got {got}")
+        box = ann.get("bbox")
+        if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+            raise ValueError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {str(box)[:60]}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def gt_records(coco: Any, aspect_ratio: float) -> Records:
+    """HRNet's ground-truth records (``_load_coco_keypoint_annotation_kernal``): non-crowd person
+    annotations with a sane box (``geometry.clean_box``) and at least one labelled keypoint,
+    visibility clipped to {0, 1}, score 1; in image-id order."""
+    rows = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)):
+            if ann.get("category_id", 1) != 1:
+                continue
+            box = geometry.clean_box(*ann["bbox"], info["width"], info["height"])
+            kpts = np.asarray(ann["keypoints"], np.float64).reshape(NUM_JOINTS, 3)
+            if box is None or kpts.max() == 0:
+                continue
+            center, scale = geometry.box_to_center_scale(box, aspect_ratio)
+            rows.append((image_id, kpts[:, :2], np.minimum(kpts[:, 2], 1), center, scale, 1.0))
+    return Records.build(rows)
+
+
+def det_records(det_file: str | Path, coco: Any, aspect_ratio: float, image_thre: float = 0.0) -> Records:
+    """HRNet's detection records (``_load_coco_person_detection_results``): person boxes with
+    score >= ``image_thre``, used as they are; a box of an image not in the annotations is refused."""
+    path = Path(det_file)
+    try:
+        dets = json.loads(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the detection file ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid detection file ({type(e).__name__}: {e})") from e
+    if not isinstance(dets, list):
+        raise ValueError(f"{path}: a detection file is a list of {{image_id, category_id, bbox, score}}")
+    rows = []
+    for i, det in enumerate(dets):
+        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
+            raise ValueError(f"{path}: detection {i} needs image_id, bbox and score")
+        if det.get("category_id", 1) != 1 or det["score"] < image_thre:
+            continue
+        if det["image_id"] not in coco.imgs:
+            raise ValueError(f"{path}: detection {i} is of image {det['image_id']}, which the annotations lack")
+        box = det["bbox"]
+        if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+            raise ValueError(f"{path}: detection {i} (image {det['image_id']}): bbox must be 4 numbers")
+        center, scale = geometry.box_to_center_scale(box, aspect_ratio)
+        rows.append((int(det["image_id"]), np.zeros((NUM_JOINTS, 2)), np.ones(NUM_JOINTS), center, scale,
+                     float(det["score"])))
+    return Records.build(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Crops and targets
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Cropping, augmentation and targets of one example: pure functions of the image, the record
+    and (training) the global stream position. Picklable: grain's workers receive it.
+
+    Sizes are (height, width): ``image_size`` the network input, ``heatmap_size`` its output."""
+
+    image_size: tuple[int, int] = (256, 192)
+    heatmap_size: tuple[int, int] = (64, 48)
+    sigma: float = 2.0
+    unbiased: bool = False  # DARK's unbiased encoding (full-map Gaussian at the real position)
+    seed: int = 0
+    flip: bool = True
+    scale_factor: float = 0.35
+    rot_factor: float = 45.0
+    rot_prob: float = 0.6
+    half_body_prob: float = 0.3
+    half_body_joints: int = 8
+    joint_weights: bool = False
+
+    @property
+    def aspect_ratio(self) -> float:
+        return self.image_size[1] / self.image_size[0]
+
+    @property
+    def size_wh(self) -> tuple[int, int]:
+        return self.image_size[1], self.image_size[0]
+
+    def train_example(self, image: np.ndarray, joints: np.ndarray, visible: np.ndarray, center: np.ndarray,
+                      scale: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uint8 crop, heatmaps (h, w, 17), target weights (17,)) of one training example."""
+        rng = np.random.default_rng([self.seed, _AUG_KEY, int(position)])
+        joints, visible = joints.astype(np.float64), visible.astype(np.float64)
+        center, scale = np.array(center, np.float64), np.array(scale, np.float64)
+        if visible.sum() > self.half_body_joints and rng.random() < self.half_body_prob:
+            half = geometry.half_body(joints, visible > 0, self.aspect_ratio, rng)
+            if half is not None:
+                center, scale = half
+        sf, rf = self.scale_factor, self.rot_factor
+        scale = scale * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
+        rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf)) if rng.random() <= self.rot_prob else 0.0
+        if self.flip and rng.random() <= 0.5:
+            width = image.shape[1]
+            image = image[:, ::-1]
+            joints = joints.copy()
+            joints[:, 0] = width - joints[:, 0] - 1
+            for a, b in FLIP_PAIRS:
+                joints[[a, b]] = joints[[b, a]]
+                visible[[a, b]] = visible[[b, a]]
+            center[0] = width - center[0] - 1
+        matrix = geometry.affine_matrix(center, scale, rotation, self.size_wh)
+        crop = geometry.warp(np.ascontiguousarray(image), matrix, self.size_wh)
+        joints = geometry.apply_affine(joints, matrix)
+        heatmaps, weights = codec.encode(joints, visible, self.image_size, self.heatmap_size, self.sigma,
+                                         unbiased=self.unbiased)
+        if self.joint_weights:
+            weights = weights * JOINT_WEIGHTS.astype(np.float32)
+        return crop, heatmaps, weights
+
+    def eval_example(self, image: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return geometry.warp(image, geometry.affine_matrix(center, scale, 0.0, self.size_wh), self.size_wh)
+
+
+class _TrainBatch:
+    """grain map function: ``k`` -> this process's rows of the ``k``-th global batch of the stream
+    that starts at ``start``."""
+
+    def __init__(self, records: Records, images: ImageSource, crop: Crop, start: int, global_batch: int,
+                 rows: slice):
+        self.records, self.images, self.crop = records, images, crop
+        self.start, self.global_batch, self.rows = int(start), int(global_batch), rows
+
+    def __call__(self, k: int) -> Batch:
+        pos = self.start + int(k) * self.global_batch
+        positions = np.arange(pos, pos + self.global_batch)[self.rows]
+        idx = stream_indices(int(positions[0]), len(positions), len(self.records), self.crop.seed)
+        (h, w), (hh, hw) = self.crop.image_size, self.crop.heatmap_size
+        images = np.empty((len(idx), h, w, 3), np.float32)
+        heatmaps = np.empty((len(idx), hh, hw, NUM_JOINTS), np.float32)
+        weights = np.empty((len(idx), NUM_JOINTS), np.float32)
+        r = self.records
+        for i, (j, p) in enumerate(zip(idx, positions, strict=True)):
+            pixels, heatmaps[i], weights[i] = self.crop.train_example(
+                self.images.load(int(r.image_id[j])), r.joints[j], r.visible[j], r.center[j], r.scale[j], int(p))
+            normalise_into(images[i], pixels)
+        return {"images": images, "heatmaps": heatmaps, "target_weight": weights}
+
+
+class _EvalBatch:
+    """grain map function: ``k`` -> this process's rows of the ``k``-th evaluation batch, padded
+    with zeros after the last box and masked."""
+
+    def __init__(self, records: Records, images: ImageSource, crop: Crop, global_batch: int, rows: slice):
+        self.records, self.images, self.crop, self.global_batch, self.rows = records, images, crop, global_batch, rows
+
+    def __call__(self, k: int) -> Batch:
+        start = int(k) * self.global_batch
+        idx = np.arange(start, start + self.global_batch)[self.rows]
+        idx = idx[idx < len(self.records)]
+        n = self.rows.stop - self.rows.start
+        h, w = self.crop.image_size
+        images = np.zeros((n, h, w, 3), np.float32)
+        r = self.records
+        for i, j in enumerate(idx):
+            normalise_into(images[i], self.crop.eval_example(self.images.load(int(r.image_id[j])), r.center[j],
+                                                             r.scale[j]))
+        host = {"image_id": r.image_id[idx], "center": r.center[idx], "scale": r.scale[idx],
+                "score": r.score[idx], "area": r.area[idx]}
+        host = {key: np.concatenate([v, np.zeros((n - len(v), *v.shape[1:]), v.dtype)]) for key, v in host.items()}
+        return {"images": images, "mask": (np.arange(n) < len(idx)).astype(np.float32), HOST: host}
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+
+
+class CocoKeypoints(Dataset):
+    """Top-down person keypoints: training on ground-truth boxes of ``train``, evaluation on the
+    ``eval_boxes`` ('gt' or 'det') of ``val``; ``final_boxes`` adds one more evaluation at the end
+    of training on the other box source (its metrics prefixed ``det/`` or ``gt/``).
+
+    ``val_coco`` is the evaluation ground truth (pycocotools ``COCO``) for COCOeval; ``load_image``
+    reads an evaluation image (for pictures)."""
+
+    num_joints = NUM_JOINTS
+
+    def __init__(self, *, train_coco: Any, train_images: ImageSource, val_coco: Any, val_images: ImageSource,
+                 crop: Crop, det_records: Records | None = None, eval_boxes: str = "gt", final_boxes: str = "",
+                 workers: int = 0, prefetch: int = 1, name: str = "coco", check_files: bool = True):
+        for key, value in (("eval_boxes", eval_boxes), ("final_boxes", final_boxes or "gt")):
+            if value not in BOX_SOURCES:
+                raise ValueError(f"data.{key} must be one of {', '.join(BOX_SOURCES)}, got {value!r}")
+        if "det" in (eval_boxes, final_boxes) and det_records is None:
+            key = "eval_boxes" if eval_boxes == "det" else "final_boxes"
+            raise ValueError(f"data.{key}='det' needs data.det_file (a person detection file), which is not set")
+        self.name, self.crop = name, crop
+        self.train_coco, self.val_coco = train_coco, val_coco
+        self.train_images, self.val_images = train_images, val_images
+        self.train_records = gt_records(train_coco, crop.aspect_ratio)
+        self.box_records = {"gt": gt_records(val_coco, crop.aspect_ratio), "det": det_records}
+        self.eval_boxes, self.final_boxes = eval_boxes, final_boxes if final_boxes != eval_boxes else ""
+        self.eval_records = self.box_records[eval_boxes]
+        self.workers, self.prefetch = worker_processes(workers), max(1, int(prefetch))
+        self.image_shape = (*crop.image_size, 3)
+        self.heatmap_shape = (*crop.heatmap_size, NUM_JOINTS)
+        self.train_size, self.eval_size = len(self.train_records), len(self.eval_records)
+        if check_files:
+            self._check_files()
+
+    def _check_files(self) -> None:
+        for what, images, records in (("train", self.train_images, self.train_records),
+                                      ("val", self.val_images, self.eval_records)):
+            if isinstance(images, FileImages):
+                missing = images.missing(sorted(set(records.image_id.tolist())))
+                if missing:
+                    raise FileNotFoundError(f"{images.path(missing[0])}: image {missing[0]} of the {what} split is "
+                                            f"missing ({len(missing)} missing in all)")
+
+    @classmethod
+    def from_config(cls, data_config: Any, seed: int) -> CocoKeypoints:
+        """``data.dir`` in the standard layout (``annotations/person_keypoints_{train,val}2017.json``,
+        ``{train,val}2017/*.jpg``), each path overridable (``train_ann``, ``val_ann``,
+        ``train_images``, ``val_images``); see ``configs/sbpn_coco.py`` for every key."""
+        get = data_config.get
+        root = os.path.expanduser(get("dir", "") or "")
+        paths = {}
+        for split, folder in SPLITS.items():
+            paths[f"{split}_ann"] = get(f"{split}_ann", "") or os.path.join(
+                root, "annotations", f"person_keypoints_{folder}.json")
+            paths[f"{split}_images"] = get(f"{split}_images", "") or os.path.join(root, folder)
+        crop = crop_from_config(data_config, seed)
+        color_rgb = bool(get("color_rgb", True))
+        cocos = {}
+        for split in SPLITS:
+            ann = os.path.expanduser(paths[f"{split}_ann"])
+            cocos[split] = cocos.get(ann) or load_annotations(ann)
+            cocos[ann] = cocos[split]
+        images = {s: FileImages(os.path.expanduser(paths[f"{s}_images"]),
+                                {i: im["file_name"] for i, im in cocos[s].imgs.items()}, color_rgb) for s in SPLITS}
+        det_file = get("det_file", "") or ""
+        dets = det_records(os.path.expanduser(det_file), cocos["val"], crop.aspect_ratio,
+                           float(get("image_thre", 0.0))) if det_file else None
+        return cls(train_coco=cocos["train"], train_images=images["train"], val_coco=cocos["val"],
+                   val_images=images["val"], crop=crop, det_records=dets, eval_boxes=get("eval_boxes", "gt"),
+                   final_boxes=get("final_boxes", "") or "", workers=int(get("workers", 0)),
+                   prefetch=int(get("prefetch", 1)))
+
+    def describe(self) -> str:
+        c = self.crop
+        boxes = {"gt": "ground-truth", "det": "detector"}
+        extra = f", and at the end on {boxes[self.final_boxes]} boxes" if self.final_boxes else ""
+        return (f"{type(self).__name__} ({self.name}): {self.train_size:,} train person boxes, "
+                f"{self.eval_size:,} eval boxes ({boxes[self.eval_boxes]}{extra}); input "
+                f"{c.image_size[0]}x{c.image_size[1]}, heatmaps {c.heatmap_size[0]}x{c.heatmap_size[1]}, "
+                f"sigma {c.sigma}; {self.workers or 'no'} grain worker processes")
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        return self.val_images.load(image_id)
+
+    def final_variants(self) -> dict[str, CocoKeypoints]:
+        """Further evaluation sets for the end of training: ``{'det': this with detector boxes}``."""
+        if not self.final_boxes:
+            return {}
+        other = copy.copy(self)
+        other.eval_boxes, other.final_boxes = self.final_boxes, ""
+        other.eval_records = self.box_records[self.final_boxes]
+        other.eval_size = len(other.eval_records)
+        return {self.final_boxes: other}
+
+    def train_batches(self, position: int, global_batch: int, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[tuple[Batch, int]]:
+        if not self.train_size:
+            raise ValueError(f"{self.name}: the training annotations hold no person with a labelled keypoint")
+        rows = local_slice(global_batch, process_index, process_count)
+        fn = _TrainBatch(self.train_records, self.train_images, self.crop, position, global_batch, rows)
+        with contextlib.closing(grain_stream(fn, ENDLESS, self.workers, self.prefetch)) as batches:
+            for k, batch in enumerate(batches):
+                yield batch, int(position) + (k + 1) * global_batch
+
+    def eval_batches(self, global_batch: int, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        rows = local_slice(global_batch, process_index, process_count)
+        fn = _EvalBatch(self.eval_records, self.val_images, self.crop, global_batch, rows)
+        length = eval_pad_size(self.eval_size, global_batch) // global_batch
+        with contextlib.closing(grain_stream(fn, length, self.workers, self.prefetch)) as batches:
+            yield from batches
+
+
+def crop_from_config(data_config: Any, seed: int) -> Crop:
+    get = data_config.get
+    image_size = tuple(int(v) for v in (get("image_size", None) or (256, 192)))
+    if len(image_size) != 2 or min(image_size) < 8:
+        raise ValueError(f"data.image_size must be (height, width) of at least 8, got {image_size}")
+    heatmap_size = tuple(int(v) for v in (get("heatmap_size", None) or (image_size[0] // 4, image_size[1] // 4)))
+    if len(heatmap_size) != 2 or image_size[0] * heatmap_size[1] != image_size[1] * heatmap_size[0]:
+        raise ValueError(f"data.heatmap_size {heatmap_size} must keep the aspect of data.image_size {image_size}")
+    for key in ("sigma", "scale_factor", "rot_factor", "rot_prob", "half_body_prob"):
+        value = get(key, None)
+        if value is not None and not (float(value) >= 0):
+            raise ValueError(f"data.{key} must be >= 0, got {value}")
+    sf = float(get("scale_factor", 0.35))
+    if sf >= 1:
+        raise ValueError(f"data.scale_factor must be < 1 (scales are 1 +- it), got {sf}")
+    return Crop(image_size=image_size, heatmap_size=heatmap_size, sigma=float(get("sigma", 2.0)),
+                unbiased=bool(get("unbiased_encoding", False)), seed=int(seed), flip=bool(get("flip", True)),
+                scale_factor=sf, rot_factor=float(get("rot_factor", 45.0)), rot_prob=float(get("rot_prob", 0.6)),
+                half_body_prob=float(get("half_body_prob", 0.3)), half_body_joints=int(get("half_body_joints", 8)),
+                joint_weights=bool(get("joint_weights", False)))
+
+
+def synthetic(data_config: Any, seed: int) -> CocoKeypoints:
+    """The pose quick start's data (``mlpbnn.data.synthetic_pose``): ``data.num_train`` and
+    ``data.num_val`` generated images, the training ones from ``seed``, the evaluation ones from
+    ``data.val_seed`` (fixed, so that every run is scored on the same images)."""
+    from mlpbnn.data import synthetic_pose
+
+    get = data_config.get
+    n_train, n_val = int(get("num_train", 2000)), int(get("num_val", 100))
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"data.num_train and data.num_val must be >= 1, got {n_train} and {n_val}")
+    val_seed = int(get("val_seed", 0))
+    return CocoKeypoints(train_coco=synthetic_pose.coco(seed, "train", n_train),
+                         train_images=synthetic_pose.SyntheticImages(seed, "train"),
+                         val_coco=synthetic_pose.coco(val_seed, "val", n_val),
+                         val_images=synthetic_pose.SyntheticImages(val_seed, "val"),
+                         crop=crop_from_config(data_config, seed),
+                         eval_boxes="gt", workers=int(get("workers", 0)), prefetch=int(get("prefetch", 1)),
+                         name="pose_synthetic", check_files=False)
