@@ -105,12 +105,12 @@ def _blur(maps: jax.Array, size: int) -> jax.Array:
     return sum(float(kernel[i]) * padded[..., i : i + height, :] for i in range(size))
 
 
-def _at(maps: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
-    """maps[..., y, x] for (..., H, W) maps and integer (...) positions, clipped into the map (the
-    callers mask the positions where the clipping would matter)."""
+def _gather(maps: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
+    """maps[..., y[..., p], x[..., p]] (..., P) for (..., H, W) maps and integer (..., P) positions,
+    clipped into the map (the callers mask the positions where the clipping would matter)."""
     height, width = maps.shape[-2:]
     flat = jnp.clip(y, 0, height - 1) * width + jnp.clip(x, 0, width - 1)
-    return jnp.take_along_axis(maps.reshape(*maps.shape[:-2], -1), flat[..., None], axis=-1)[..., 0]
+    return jnp.take_along_axis(maps.reshape(*maps.shape[:-2], height * width), flat, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "blur_kernel"))
@@ -143,9 +143,9 @@ def decode(heatmaps: jax.Array, mode: str = "quarter", blur_kernel: int | None =
     coords = jnp.stack([x, y], axis=-1).astype(jnp.float32)
     if mode == "quarter":
         inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
-        dx = jnp.sign(_at(maps, y, x + 1) - _at(maps, y, x - 1))
-        dy = jnp.sign(_at(maps, y + 1, x) - _at(maps, y - 1, x))
-        offset = jnp.stack([dx, dy], axis=-1).astype(jnp.float32) * 0.25
+        # Right, left, below, above.
+        near = _gather(maps, y[..., None] + np.array([0, 0, 1, -1]), x[..., None] + np.array([1, -1, 0, 0]))
+        offset = jnp.sign(near[..., 0::2] - near[..., 1::2]).astype(jnp.float32) * 0.25
         coords = coords + jnp.where(inside[..., None], offset, 0.0)
     elif mode == "dark":
         logs = maps.astype(jnp.float32)
@@ -156,9 +156,13 @@ def decode(heatmaps: jax.Array, mode: str = "quarter", blur_kernel: int | None =
             ratio = jnp.where(peak != 0, maxvals[..., None, None] / jnp.where(peak != 0, peak, 1.0), 1.0)
             logs = blurred * ratio
         logs = jnp.log(jnp.maximum(logs, 1e-10))
+        # The 5x5 neighbourhood of the argmax in one gather (clipped at the border, where the
+        # condition below leaves the position unchanged anyway).
+        dy, dx = np.mgrid[-2:3, -2:3]
+        patch = _gather(logs, y[..., None] + dy.ravel(), x[..., None] + dx.ravel()).reshape(*x.shape, 5, 5)
 
         def at(dy: int, dx: int) -> jax.Array:
-            return _at(logs, y + dy, x + dx)
+            return patch[..., 2 + dy, 2 + dx]
 
         centre = at(0, 0)
         gx = 0.5 * (at(0, 1) - at(0, -1))
