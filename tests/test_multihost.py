@@ -6,10 +6,6 @@ tars: prepare, train with a converted PyTorch teacher, exact evaluation, resume.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +16,9 @@ from mlpbnn.data import imagenet
 from mlpbnn.train.checkpoint import Checkpoints
 from mlpbnn.train.metrics import read_metrics
 from tests import torch_reference as ref
+from tests.utils_train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train(config: str, workdir: Path, *flags: str, processes: int = 1, env: dict | None = None) -> str:
-    """Runs train.py as ``processes`` processes with 8 // processes CPU devices each."""
-    base = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {}),
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / config), "--workdir", str(workdir),
-           "--config.progress_bar=False", *flags]
-    if processes == 1:
-        out = subprocess.run(cmd, cwd=ROOT, env=base, capture_output=True, text=True, timeout=900)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        return out.stdout + out.stderr
-    port = _free_port()
-    procs = [subprocess.Popen(cmd + [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
-                                     f"--process_id={i}"], cwd=ROOT, env=base, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(processes)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=900)[0])
-        finally:
-            p.kill()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-4000:]
-    return logs[0]
 
 
 def losses(workdir: Path) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,10 @@ def tiny(**overrides):
     return c
 
 
-def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True, cwd: Path = ROOT):
+def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True, cwd: Path = ROOT,
+        config: str = "configs/digits.py"):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/digits.py"),
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / config),
            "--workdir", str(workdir), "--config.progress_bar=False", *flags]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -47,3 +49,34 @@ def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True, cwd: Pa
 
 SMALL_CLI = ("--config.model.width=8", "--config.batch_size=32", "--config.num_train_steps=40",
              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(config: str, workdir: Path, *flags: str, processes: int = 1, env: dict | None = None) -> str:
+    """Runs train.py as ``processes`` processes with 8 // processes CPU devices each."""
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {}),
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / config), "--workdir", str(workdir),
+           "--config.progress_bar=False", *flags]
+    if processes == 1:
+        out = subprocess.run(cmd, cwd=ROOT, env=base, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout + out.stderr
+    port = _free_port()
+    procs = [subprocess.Popen(cmd + [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                                     f"--process_id={i}"], cwd=ROOT, env=base, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=900)[0])
+        finally:
+            p.kill()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-4000:]
+    return logs[0]

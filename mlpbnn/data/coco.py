@@ -206,7 +206,7 @@ def gt_records(coco: Any, aspect_ratio: float) -> Records:
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)):
             if ann.get("category_id", 1) != 1:
                 continue
-            box = geometry.clean_box(*ann["bbox"], info["width"], info["height"])
+            box = geometry.clean_box(*ann["bbox"], info["width"], info["height"], area=ann.get("area"))
             kpts = np.asarray(ann["keypoints"], np.float64).reshape(NUM_JOINTS, 3)
             if box is None or kpts.max() == 0:
                 continue

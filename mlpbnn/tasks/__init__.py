@@ -1,6 +1,7 @@
 """Tasks by name: ``create(config, dataset)`` for ``config.task``.
 
-- ``classification``: cross-entropy, distillation, top-k (``mlpbnn.tasks.classification``).
+- ``classification``: cross-entropy, distillation, top-k (``mlpbnn.tasks.classification``);
+- ``keypoints``: heatmap MSE, heatmap distillation, COCO keypoint AP (``mlpbnn.tasks.keypoints``).
 
 A new task is a ``Task`` subclass (``mlpbnn.tasks.base``) and a factory
 ``(config, dataset) -> Task`` registered with ``register(name, factory)``; the trainer needs
@@ -12,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mlpbnn.tasks import classification
+from mlpbnn.tasks import classification, keypoints
 from mlpbnn.tasks.base import Evaluator, Task
 
 Factory = Callable[[Any, Any], Task]
-_REGISTRY: dict[str, Factory] = {"classification": classification.from_config}
+_REGISTRY: dict[str, Factory] = {"classification": classification.from_config, "keypoints": keypoints.from_config}
 
 
 def register(name: str, factory: Factory) -> None:

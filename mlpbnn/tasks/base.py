@@ -6,6 +6,9 @@ A task supplies
 - ``model_args()``: the head's arguments for ``models.create`` (``num_classes=...``);
 - ``loss(outputs, batch, teacher_outputs)``: the mean training loss and per-step metrics (batch
   means), with or without a frozen teacher's outputs (distillation);
+- ``predict(apply, images)``: the evaluation outputs of a batch of images given ``apply`` (the
+  model in eval mode); by default ``apply(images)``, a task may add test-time augmentation
+  (keypoints: the flip test);
 - ``eval_outputs(outputs, batch)``: per-example device arrays of one evaluation batch (computed in
   the jit'd eval step, sharded along the batch like the batch itself);
 - ``evaluator()``: a fresh host-side ``Evaluator`` for one pass over the evaluation set, whose
@@ -19,7 +22,9 @@ Evaluators accumulate on the host. ``update`` receives this process's rows of th
 as numpy arrays together with this process's batch (which may carry host-only fields under
 ``batch['host']``: image ids, crop geometry, ...; those never go to the devices). ``result``
 gathers across processes (``gather_rows``/``allgather``), so every process returns the same
-numbers, and includes ``count``: the number of real (unpadded) examples seen.
+numbers, and includes ``count``: the number of real (unpadded) examples seen. An evaluator may
+also have ``write(directory, prefix)``, which the trainer calls on process 0 after ``result`` to
+save what the evaluation made (keypoints: the result JSON and a picture).
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ class Task(abc.ABC):
     def loss(self, outputs: Array, batch: dict[str, Array],
              teacher_outputs: Array | None = None) -> tuple[Array, dict[str, Array]]:
         """(mean loss, {metric: batch mean}) of one training batch; float32."""
+
+    def predict(self, apply: Any, images: Array) -> Array:
+        """The model's evaluation outputs of ``images``; ``apply(images)`` unless the task adds
+        test-time augmentation. Runs inside the jit'd eval step."""
+        return apply(images)
 
     @abc.abstractmethod
     def eval_outputs(self, outputs: Array, batch: dict[str, Array]) -> dict[str, Array]:

@@ -8,7 +8,7 @@ Top-level fields, as in flax's examples: ``seed``, ``batch_size`` (global, over 
 hosts), ``num_train_steps`` (-1: from ``num_epochs``), ``log_every_steps``, ``eval_every_steps``,
 ``checkpoint_every_steps``, ``task`` (``mlpbnn.tasks``), ``best_metric``, and the groups ``model``,
 ``estimator``, ``data``, ``optimizer``,
-``loss``, ``teacher``, ``two_stage``.
+``loss``, ``teacher``, ``two_stage``; pose configs add ``eval`` (``keypoints_config``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from mlpbnn import estimators, models, tasks
+from mlpbnn import data, estimators, models, tasks
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -28,7 +28,7 @@ SCHEDULE_UNITS = ("step", "epoch")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 DTYPES = ("float32", "bfloat16")
 PARTITIONS = ("binary_kernel", "real_kernel", "other")
-DATASETS = ("digits", "fashion_mnist", "imagenet")
+DATASETS = data.NAMES
 
 
 class ConfigError(ValueError):
@@ -96,6 +96,40 @@ def base_config() -> ml_collections.ConfigDict:
     # the steps, then both binary, initialised from stage one, each stage with its own schedule.
     c.two_stage = ml_collections.ConfigDict({
         "enabled": False, "stage1_fraction": 0.5, "stage1_weight_decay": config_dict.placeholder(float)})
+    return c
+
+
+def keypoints_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the keypoints task's fields to a base config, at HRNet's COCO values
+    (``w32_256x192_adam_lr1e-3.yaml``; ``mlpbnn.data.coco``, ``mlpbnn.tasks.keypoints``)."""
+    c.task = "keypoints"
+    c.best_metric = "AP"
+    c.data = ml_collections.ConfigDict({
+        "name": "coco", "dir": "",           # the standard layout: annotations/, train2017/, val2017/
+        "train_ann": "", "val_ann": "",       # each path overrides its default under dir
+        "train_images": "", "val_images": "",
+        "det_file": "",                       # detector boxes (COCO_val2017_detections_AP_H_56_person.json)
+        "image_thre": 0.0,                    # detection score filter (keep >= it)
+        "eval_boxes": "gt",                   # boxes of the periodic evaluations: gt | det
+        "final_boxes": "",                    # one more evaluation at the end on: '' | gt | det
+        "image_size": (256, 192),             # (height, width) of the crops
+        "heatmap_size": (),                   # (): a quarter of image_size
+        "sigma": 2.0, "unbiased_encoding": False,
+        "flip": True, "scale_factor": 0.35, "rot_factor": 45.0, "rot_prob": 0.6,
+        "half_body_prob": 0.3, "half_body_joints": 8, "joint_weights": False, "color_rgb": True,
+        "workers": -1, "prefetch": 1,         # grain worker processes (-1: one per core), batches ready each
+        "num_train": 2000, "num_val": 100, "val_seed": 0,  # pose_synthetic only
+    })
+    c.eval = ml_collections.ConfigDict({
+        "flip_test": True, "shift_heatmap": True,  # HRNet's TEST.FLIP_TEST and SHIFT_HEATMAP
+        "decode": "quarter",                  # quarter (HRNet's POST_PROCESS) | dark (arXiv 1910.06278)
+        "blur_kernel": 11,                    # DARK's Gaussian modulation kernel
+        "in_vis_thre": 0.2, "oks_thre": 0.9,  # rescoring threshold, OKS-NMS threshold
+        "samples": 4,                         # images drawn in workdir/eval_samples.png (0: none)
+    })
+    # Heatmap distillation: (1 - alpha) * heatmap MSE + alpha * KD, KD 'mse' or 'kl' (spatial softmax).
+    c.teacher.alpha = 0.5
+    c.teacher.loss = "mse"
     return c
 
 

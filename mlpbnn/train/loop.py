@@ -299,20 +299,24 @@ class Trainer:
                 f"untouched. Lower optimizer.learning_rate or check the input data.")
         return values
 
-    def _evaluate_finite(self, eval_step: Any, state: TrainState, step: int) -> dict[str, float]:
-        metrics = self.evaluate(eval_step, state)
+    def _evaluate_finite(self, eval_step: Any, state: TrainState, step: int, dataset: Any = None,
+                         prefix: str = "") -> dict[str, float]:
+        metrics = self.evaluate(eval_step, state, dataset, prefix)
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             raise TrainingDiverged(f"evaluation at step {step} gave non-finite {', '.join(bad)}; stopped without "
                                    f"saving: the checkpoints in {self.workdir / 'checkpoints'} are untouched")
         return metrics
 
-    def evaluate(self, eval_step: Any, state: TrainState) -> dict[str, float]:
-        """Exact: every eval example once (padded last batch, masked), the same on every process."""
+    def evaluate(self, eval_step: Any, state: TrainState, dataset: Any = None, prefix: str = "") -> dict[str, float]:
+        """Exact: every eval example once (padded last batch, masked), the same on every process.
+        ``dataset``: another evaluation set than the run's (a final variant); ``prefix`` names
+        what the evaluator writes for it."""
+        dataset = dataset or self.dataset
         evaluator = self.task.evaluator()
         variables = state.variables()
         previous = None
-        for batch in self.dataset.eval_batches(self.eval_batch, self.pi, self.pc):
+        for batch in dataset.eval_batches(self.eval_batch, self.pi, self.pc):
             out = eval_step(variables, to_global(batch, self.mesh))
             if previous is not None:  # hand over the previous batch while this one computes
                 evaluator.update({k: local_rows(v) for k, v in previous[0].items()}, previous[1])
@@ -320,9 +324,11 @@ class Trainer:
         if previous is not None:
             evaluator.update({k: local_rows(v) for k, v in previous[0].items()}, previous[1])
         result = evaluator.result()
-        if result.get("count") != self.dataset.eval_size:
+        if result.get("count") != dataset.eval_size:
             raise RuntimeError(f"evaluation saw {result.get('count')} examples, the eval set has "
-                               f"{self.dataset.eval_size}")
+                               f"{dataset.eval_size}")
+        if self.pi == 0 and hasattr(evaluator, "write"):
+            evaluator.write(self.workdir, prefix)
         return result
 
     # ------------------------------------------------------------------ the run
@@ -415,8 +421,14 @@ class Trainer:
 
     def _finish(self, run: StageRun, step: int, position: int, ckpts: Checkpoints,
                 writer: MetricWriter) -> dict[str, float]:
-        """The final evaluation, saved with the last checkpoint, and the exported variables."""
+        """The final evaluation, saved with the last checkpoint, and the exported variables. A
+        dataset's final variants (keypoints: detector boxes) are evaluated too, their metrics
+        prefixed with the variant's name (``det/AP``)."""
         final = self._evaluate_finite(run.eval_step, run.state, step)
+        variants = getattr(self.dataset, "final_variants", dict)()
+        for name, dataset in variants.items():
+            extra = self._evaluate_finite(run.eval_step, run.state, step, dataset, prefix=f"{name}_")
+            final.update({f"{name}/{k}": v for k, v in extra.items()})
         writer.write(step, "eval", final)
         if ckpts.latest_step() != step:
             ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, final)

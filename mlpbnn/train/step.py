@@ -94,6 +94,7 @@ def make_eval_step(model: nn.Module, task: Task) -> Callable[[dict, dict[str, Ar
     """(variables, padded global batch) -> the task's per-example evaluation outputs."""
 
     def step(variables: dict, batch: dict[str, Array]) -> dict[str, Array]:
-        return task.eval_outputs(model.apply(variables, batch["images"], train=False), batch)
+        outputs = task.predict(lambda x: model.apply(variables, x, train=False), batch["images"])
+        return task.eval_outputs(outputs, batch)
 
     return step

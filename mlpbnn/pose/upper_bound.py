@@ -1,0 +1,105 @@
+"""The ceiling of the evaluation path: ground-truth heatmaps in place of the network's output.
+
+    python -m mlpbnn.pose.upper_bound --config configs/sbpn_coco.py [--config.eval.decode=dark ...]
+
+Every ground-truth evaluation box of the config's data goes through what the trained network's
+output goes through: the crop's geometry, the Gaussian encoding of its joints (the training
+targets, ``data.sigma``, ``data.unbiased_encoding``), with ``eval.flip_test`` also the encoding of
+the mirrored crop flipped back (and shifted by one pixel with ``eval.shift_heatmap``), averaged,
+decoded (``eval.decode``), mapped back to image pixels, rescored, OKS-NMS'd and scored by
+pycocotools' COCOeval. Prints one JSON object: the ten stats, the mean joint error in image
+pixels over the labelled joints, and the settings. A network cannot beat these numbers with this
+codec, and anything below 1.0 without flip is the codec's quantisation, nothing else.
+
+Detector boxes have no ground-truth joints of their own, so the bound is of ground-truth boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from mlpbnn.pose import codec, geometry, postprocess
+from mlpbnn.pose.evaluate import STAT_NAMES, evaluate
+from mlpbnn.pose.skeleton import FLIP_PAIRS, NUM_KEYPOINTS
+
+
+def crop_targets(records: Any, crop: Any, flipped: bool = False) -> np.ndarray:
+    """The encoded ground truth (N, h, w, K) of every record's evaluation crop (rotation 0), or of
+    the mirrored crop (``flipped``: x -> W - 1 - x in the crop, left and right swapped), as the
+    network would see the mirrored pixels."""
+    out = []
+    width = crop.image_size[1]
+    for i in range(len(records)):
+        matrix = geometry.affine_matrix(records.center[i], records.scale[i], 0.0, crop.size_wh)
+        joints = geometry.apply_affine(records.joints[i].astype(np.float64), matrix)
+        visible = records.visible[i].astype(np.float64).copy()
+        if flipped:
+            joints[:, 0] = width - 1 - joints[:, 0]
+            for a, b in FLIP_PAIRS:
+                joints[[a, b]] = joints[[b, a]]
+                visible[[a, b]] = visible[[b, a]]
+        heatmaps, _ = codec.encode(joints, visible, crop.image_size, crop.heatmap_size, crop.sigma,
+                                   unbiased=crop.unbiased)
+        out.append(heatmaps)
+    return np.stack(out) if out else np.zeros((0, *crop.heatmap_size, NUM_KEYPOINTS), np.float32)
+
+
+def upper_bound(dataset: Any, decode: str = "quarter", flip_test: bool = False, shift_heatmap: bool = True,
+                blur_kernel: int = 11, in_vis_thre: float = 0.2, oks_thre: float = 0.9) -> dict[str, Any]:
+    """The ten stats and the mean joint error (image pixels) of ground-truth heatmaps on the
+    ground-truth boxes of ``dataset`` (a ``mlpbnn.data.coco.CocoKeypoints``)."""
+    records, crop = dataset.box_records["gt"], dataset.crop
+    heatmaps = crop_targets(records, crop)
+    if flip_test:
+        mirrored = crop_targets(records, crop, flipped=True)
+        heatmaps = np.asarray(codec.flip_average(heatmaps, mirrored, shift=shift_heatmap))
+    coords, maxvals = (np.asarray(a, np.float64) for a in codec.decode(heatmaps, decode, blur_kernel))
+    xy = geometry.to_image_coords(coords, records.center, records.scale, (crop.heatmap_size[1], crop.heatmap_size[0]))
+    labelled = records.visible > 0
+    error = np.linalg.norm(xy - records.joints, axis=-1)[labelled]
+    keypoints = np.concatenate([xy, maxvals[..., None]], axis=-1)
+    results = postprocess.coco_results(records.image_id, keypoints, records.score, records.area, in_vis_thre, oks_thre)
+    stats = evaluate(dataset.val_coco, results)
+    return {**{k: stats[k] for k in STAT_NAMES}, "mean_joint_error_px": float(error.mean()) if error.size else 0.0,
+            "boxes": len(records), "joints": int(labelled.sum()), "decode": decode, "flip_test": flip_test,
+            "shift_heatmap": shift_heatmap, "image_size": list(crop.image_size),
+            "heatmap_size": list(crop.heatmap_size), "sigma": crop.sigma, "unbiased_encoding": crop.unbiased}
+
+
+def main(argv: list[str]) -> None:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    logging.set_verbosity(logging.WARNING)  # jax's backend probing at INFO would precede the JSON
+
+    config_flags.DEFINE_config_file("config", None, "A pose config (configs/*_coco.py, configs/pose_synthetic.py).",
+                                    lock_config=True)
+    flags.mark_flags_as_required(["config"])
+
+    def run(args: list[str]) -> None:
+        if len(args) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(args[1:])}")
+        from mlpbnn import data
+
+        config = flags.FLAGS.config
+        ev = config.get("eval") or {}
+        try:
+            dataset = data.create(config.data, config.seed)
+            if not hasattr(dataset, "box_records"):
+                raise ValueError(f"data.name {config.data.name!r} is not a keypoints dataset")
+            result = upper_bound(dataset, str(ev.get("decode", "quarter")), bool(ev.get("flip_test", True)),
+                                 bool(ev.get("shift_heatmap", True)), int(ev.get("blur_kernel", 11)),
+                                 float(ev.get("in_vis_thre", 0.2)), float(ev.get("oks_thre", 0.9)))
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
+        print(json.dumps(result, indent=2))
+
+    app.run(run, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
