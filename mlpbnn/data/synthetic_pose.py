@@ -2,9 +2,10 @@
 COCO joints, drawn on varied backgrounds, in COCO's annotation format, so that they run through
 the very pipeline, codec and COCOeval path of real COCO (``mlpbnn.data.coco``).
 
-Each figure has a torso, a head with eyes, ears and nose, and eight limbs with random angles,
-lengths, thickness, scale and position; left limbs are drawn in warm colours and right limbs in
-cool ones (a network must tell left from right, as on people, by appearance). Backgrounds are
+Each figure faces the viewer and has a torso, a head with eyes, ears and nose, and eight limbs
+with random angles, lengths, thickness, scale and position; left limbs are drawn in warm colours
+and right limbs in cool ones (which the flip augmentation swaps against the labels, so that, as on
+people, the body's geometry is what tells left from right). Backgrounds are
 colour gradients with random rectangles and discs of clutter. Annotations are exact: the joint
 coordinates the figure was drawn from, visibility 2 inside the image and 0 outside, the box the
 joints' extent padded by the limb width, and an ``area`` of 0.6 of that box (COCO's ``area`` is the
@@ -57,7 +58,10 @@ def make_figure(rng: np.random.Generator, width: int, height: int) -> Figure:
     torso_len, shoulder, hip = size * 0.3, size * rng.uniform(0.09, 0.13), size * rng.uniform(0.06, 0.09)
     neck = centre - down * torso_len * 0.5
     pelvis = centre + down * torso_len * 0.5
-    facing = rng.choice([-1.0, 1.0])  # mirrors the figure: its left on the image's right or left
+    # Figures face the viewer, their left on the image's right, as most people in COCO: with the
+    # flip augmentation (which swaps the labels), the body's geometry is what tells left from
+    # right; the limb colours alone would not (flipping swaps them against the labels).
+    facing = -1.0
     j = np.zeros((17, 2))
     head_r = size * 0.075
     head = neck - down * head_r * 1.4
@@ -159,7 +163,7 @@ class SyntheticImages:
                 cv2.circle(image, (x, y), int(rng.integers(3, 20)), colour, -1)
         for fig in figures:
             _draw(image, fig, rng)
-        noise = rng.normal(0, 6, image.shape)
+        noise = rng.integers(-10, 11, image.shape, dtype=np.int16)  # sensor-like noise, cheaply
         return np.clip(image + noise, 0, 255).astype(np.uint8)
 
 
