@@ -4,7 +4,10 @@ The model is traced once (``jax.eval_shape`` of ``init`` on one image) with ever
 intercepted, so the counts follow whatever the module does, not a hand-written table.
 
 Conventions (Bi-Real, ReActNet and the BBC paper; ReActNet#19/#23):
-- FLOPs: multiply-accumulates of real-valued convolutions and dense layers;
+- FLOPs: multiply-accumulates of real-valued convolutions and dense layers; a transposed
+  convolution counts its true MACs, C_in C_out k^2 per *input* pixel (every input pixel scatters
+  one k x k x C_out kernel; HRNet-pt's ``get_model_summary`` multiplies by the output size and
+  counts SimpleBaseline's stride-2 deconvolutions 4x);
 - BOPs: MACs of binary layers, those whose inputs *and* weights are binarized;
   a layer with only one binary operand cannot use XNOR-popcount and counts as FLOPs;
 - OPs = FLOPs + BOPs / 64.
@@ -15,15 +18,21 @@ running statistics are buffers, not parameters (as in torchvision's counts). Mod
 1-bit parameters at 1 bit. The learnable estimator's theta is needed only for training and is
 reported apart.
 
-    python -m mlpbnn.complexity bireal_resnet18 [--image-size 224] [--elementwise]
+    python -m mlpbnn.complexity bireal_resnet18 [--image-size 224 | --input 256x192] [--elementwise]
+    python -m mlpbnn.complexity simple_baseline_resnet50 sbpn_resnet18 sbpn_resnet18:head=real --input 256x192
+
+A model is ``NAME`` or ``NAME:key=value,...`` (options of ``models.create``); several models print
+one Markdown row of totals each (``--markdown`` does so for one).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -124,7 +133,9 @@ def _size(tree: Any) -> int:
     return sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
 
 
-_COUNTED = (L.BinaryConv, L.BinaryDense, nn.Conv, nn.Dense, L.MaxPool, L.AvgPool, L.GlobalAvgPool,
+_CONVS = (L.BinaryConv, L.BinaryConvTranspose, L.BinaryDense, nn.Conv, nn.ConvTranspose, nn.Dense)
+_TRANSPOSED = (L.BinaryConvTranspose, nn.ConvTranspose)
+_COUNTED = (*_CONVS, L.MaxPool, L.AvgPool, L.GlobalAvgPool,
             *ELEMENTWISE_OPS)
 
 
@@ -135,9 +146,12 @@ def _record(module: nn.Module, x: Any, y: Any) -> Layer | None:
     out = tuple(y.shape[1:])
     n_out = math.prod(out)
     params = module.variables.get("params", {})
-    if isinstance(module, L.BinaryConv | L.BinaryDense | nn.Conv | nn.Dense):
+    if isinstance(module, _CONVS):
         kernel = params["kernel"]
-        macs = n_out * math.prod(kernel.shape[:-1])
+        if isinstance(module, _TRANSPOSED):  # per input pixel: the whole (kh, kw, C_in, C_out) kernel
+            macs = math.prod(x.shape[1:-1]) * kernel.size
+        else:  # per output pixel: (kh, kw, C_in)
+            macs = n_out * math.prod(kernel.shape[:-1])
         binary_weights = getattr(module, "weight_estimator", None) is not None
         binary_inputs = getattr(module, "input_estimator", None) is not None
         other = _size(params) - kernel.size
@@ -178,21 +192,74 @@ def count(model: nn.Module, input_shape: tuple[int, ...], *, name: str = "",
                   _size(variables.get(L.ESTIMATOR_COLLECTION, {})), count_elementwise)
 
 
+def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value,...`` -> (name, options); values are Python literals or strings."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"model option {item!r} in {spec!r} is not key=value")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name, options
+
+
+def parse_input(text: str) -> tuple[int, int]:
+    """``HxW`` (height first, as the configs' (256, 192)) or one size for a square."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"input must be HEIGHTxWIDTH (e.g. 256x192) or one size, got {text!r}")
+    return (int(parts[0]), int(parts[-1]))
+
+
+def markdown(reports: list[tuple[str, Report]]) -> str:
+    """One row of totals per model: params, FLOPs, BOPs, OPs, size at 1-bit binary weights."""
+    rows = ["| model | input | params | 1-bit params | FLOPs | BOPs | OPs = FLOPs + BOPs/64 | size (MiB) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for label, r in reports:
+        t = r.totals()
+        rows.append(f"| {label} | {r.input_shape[0]}x{r.input_shape[1]} | {t['params']:,} | {t['params_1bit']:,} "
+                    f"| {t['flops'] / 1e9:.3f} G | {t['bops'] / 1e9:.3f} G | {t['ops'] / 1e9:.3f} G "
+                    f"| {t['size_bytes'] / 2**20:.2f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     from mlpbnn import models
 
-    parser = argparse.ArgumentParser(description="Per-layer complexity summary of an mlpbnn model.")
-    parser.add_argument("model", help=f"one of: {', '.join(models.names())}")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser = argparse.ArgumentParser(description="Per-layer complexity summary of mlpbnn models.")
+    parser.add_argument("model", nargs="+",
+                        help=f"NAME or NAME:key=value,...; NAME one of: {', '.join(models.names())}")
+    parser.add_argument("--image-size", type=int, default=224, help="square input size")
+    parser.add_argument("--input", default=None, help="HEIGHTxWIDTH, e.g. 256x192 (overrides --image-size)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classifiers (default 1000)")
+    parser.add_argument("--num-joints", type=int, default=None, help="heatmap models (default 17)")
     parser.add_argument("--small-inputs", action="store_true", help="3x3 stride-1 stem, no max-pool")
     parser.add_argument("--elementwise", action="store_true", help="also count norms, activations, pooling")
     parser.add_argument("--json", action="store_true", help="print the totals as JSON instead of the table")
+    parser.add_argument("--markdown", action="store_true", help="one Markdown row of totals per model")
     args = parser.parse_args(argv)
-    model = models.create(args.model, args.num_classes, **({"small_inputs": True} if args.small_inputs else {}))
-    report = count(model, (args.image_size, args.image_size, 3), name=args.model,
-                   count_elementwise=args.elementwise)
-    print(json.dumps(report.totals(), indent=2) if args.json else report.table())
+    reports = []
+    try:
+        height, width = parse_input(args.input) if args.input else (args.image_size, args.image_size)
+        for spec in args.model:
+            name, options = parse_model(spec)
+            head = {k: v for k, v in (("num_classes", args.num_classes), ("num_joints", args.num_joints))
+                    if v is not None}
+            model = models.create(name, **head, **options, **({"small_inputs": True} if args.small_inputs else {}))
+            reports.append((spec, count(model, (height, width, 3), name=spec, count_elementwise=args.elementwise)))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if args.json:
+        totals = [r.totals() for _, r in reports]
+        print(json.dumps(totals[0] if len(totals) == 1 else totals, indent=2))
+    elif args.markdown or len(reports) > 1:
+        print(markdown(reports))
+    else:
+        print(reports[0][1].table())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Where the sign is applied: binary convolution and dense layers, the small real layers around
-them (LearnableBias, PReLU, RPReLU, a PyTorch-faithful BatchNorm), and the tools that find the
-binary layers of a model and read their +-1 weights (``binary_layer_paths``, ``weight_signs``,
+"""Where the sign is applied: binary convolution, transposed convolution and dense layers, the
+small real layers around them (LearnableBias, PReLU, RPReLU, a PyTorch-faithful BatchNorm), and
+the tools that find the binary layers of a model and read their +-1 weights (``binary_layer_paths``, ``weight_signs``,
 ``flip_ratio``).
 
 A binary layer computes ``conv(q_in(x), alpha * q_w(normalize(W)))`` with
@@ -30,7 +30,7 @@ each layer's own estimator (e.g. the ``classifier`` estimator's argmax, which is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -69,15 +69,26 @@ class EstimatorParams(nn.Module):
                 for name in self.estimator.theta_shapes}
 
 
-def _theta(estimator: Estimator | None, shared: EstimatorParams | None, name: str,
-           parent: nn.Module) -> Theta:
+# A layer's shared theta: the ``EstimatorParams`` module that owns it, or its values (a mapping
+# read from the owner's variables by a module that cannot reach the owner, e.g. a head whose
+# backbone shares its scope and made theta there).
+SharedTheta = EstimatorParams | Mapping[str, Array]
+
+
+def _theta(estimator: Estimator | None, shared: SharedTheta | None, name: str, parent: nn.Module) -> Theta:
     if estimator is None or not estimator.learnable:
         return {}
-    if shared is not None:
+    if isinstance(shared, EstimatorParams):
         if shared.estimator != estimator:
             raise ValueError(f"{parent.name}: shared estimator params are for {shared.estimator!r}, "
                              f"but the layer uses {estimator!r}")
         return shared()
+    if shared is not None:
+        shapes = {k: tuple(jnp.shape(v)) for k, v in shared.items()}
+        want = {k: tuple(v) for k, v in estimator.theta_shapes.items()}
+        if shapes != want:
+            raise ValueError(f"{parent.name}: shared theta has shapes {shapes}, but {estimator!r} needs {want}")
+        return dict(shared)
     return EstimatorParams(estimator, name=name, parent=parent)()
 
 
@@ -146,7 +157,7 @@ def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
     return scale_weights(w, estimator(theta, w, progress), weight_scale, scale_in_backward)
 
 
-def _layer_weights(layer: BinaryConv | BinaryDense, kernel: Array, theta: Theta,
+def _layer_weights(layer: BinaryConv | BinaryConvTranspose | BinaryDense, kernel: Array, theta: Theta,
                    progress: Array | float | None) -> Array:
     """``binarize_weights`` of a binary layer, its +-1 weights computed by its ``binary_weights``."""
     _check_weight_options(layer.weight_norm, layer.weight_scale)
@@ -182,8 +193,9 @@ class BinaryConv(nn.Module):
       pad_value: padding constant applied after the input estimator: 0 (PyTorch, the official
         code) or +-1 (keeps a binary input binary).
       input_estimator, weight_estimator: Estimator or None (real-valued path).
-      input_theta, weight_theta: shared ``EstimatorParams`` for learnable estimators; None creates
-        per-layer ones named ``input_estimator`` / ``weight_estimator`` in this layer's scope.
+      input_theta, weight_theta: shared ``EstimatorParams`` for learnable estimators (or the theta
+        values themselves, a mapping); None creates per-layer ones named ``input_estimator`` /
+        ``weight_estimator`` in this layer's scope.
       weight_norm: 'center' (official), 'standardize' (IR-Net) or 'none'.
       weight_scale: 'mean' (official), 'pow2' (IR-Net) or 'none'.
       scale_in_backward: whether the weight gradient carries the scale (see ``binarize_weights``).
@@ -197,8 +209,8 @@ class BinaryConv(nn.Module):
     pad_value: float = 0.0
     input_estimator: Estimator | None = None
     weight_estimator: Estimator | None = None
-    input_theta: EstimatorParams | None = None
-    weight_theta: EstimatorParams | None = None
+    input_theta: SharedTheta | None = None
+    weight_theta: SharedTheta | None = None
     weight_norm: str = "center"
     weight_scale: str = "mean"
     scale_in_backward: bool = True
@@ -242,6 +254,79 @@ def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
     return conv2d(x, kernel, strides, 0)
 
 
+class BinaryConvTranspose(nn.Module):
+    """Transposed 2-D convolution on q_in(x) with weights alpha * q_w(normalize(W)): PyTorch's
+    ``ConvTranspose2d(C_in, features, k, s, p)`` (``output_padding=0``, ``groups=1``,
+    ``dilation=1``), NHWC, the binary twin of ``BinaryConv``.
+
+    The kernel is (kh, kw, C_in, C_out) with ``kernel[i, j, c, o] = torch_weight[c, o, i, j]``:
+    the scatter form, in which input pixel (y, x) adds ``x[y, x, c] * kernel[i, j, c, o]`` to output
+    pixel (s y + i - p, s x + j - p) (outputs outside [0, (H - 1) s + k - 2p) are cropped). Its last
+    axis is the output channel, so centring and the scale alpha are per output channel as in
+    ``BinaryConv`` (and fold into the following BatchNorm). The forward is the equivalent
+    convolution of the s-dilated input with the spatially flipped kernel and padding k - 1 - p
+    per side (``lax.conv_general_dilated`` with ``lhs_dilation``; for k=4, s=2, p=1: padding 2,
+    output 2H x 2W, as SimpleBaseline's deconvolutions, arXiv 1804.06208).
+
+    There is no ``pad_value``: a transposed convolution pads nothing in its scatter form (the
+    dilation holes and border are structural zeros that no weight multiplies), so XNOR inference
+    of +-1 inputs needs only a count of the taps that reach each border output.
+
+    Attributes as ``BinaryConv``; ``padding`` is PyTorch's p (int, (ph, pw) or
+    ((top, bottom), (left, right))): what is cropped from each side of the full transposed output.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 4
+    strides: int | Sequence[int] = 2
+    padding: Any = 1
+    input_estimator: Estimator | None = None
+    weight_estimator: Estimator | None = None
+    input_theta: SharedTheta | None = None
+    weight_theta: SharedTheta | None = None
+    weight_norm: str = "center"
+    weight_scale: str = "mean"
+    scale_in_backward: bool = True
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: BinaryConvTranspose expects NHWC input, got shape {x.shape}")
+        kh, kw = _pairs(self.kernel_size, 2, "kernel_size")
+        strides = _pairs(self.strides, 2, "strides")
+        padding = explicit_padding(self.padding)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
+                            self.param_dtype)
+        theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
+        theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
+        if self.input_estimator is not None:
+            x = self.input_estimator(theta_in, x, progress)
+        w = _layer_weights(self, kernel, theta_w, progress)
+        y = conv_transpose_nhwc(x.astype(self.dtype), w.astype(self.dtype), strides, padding)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+    def binary_weights(self, w: Array, theta: Theta, progress: Array | float | None = None) -> Array:
+        """As ``BinaryConv.binary_weights``."""
+        return self.weight_estimator(theta, w, progress)
+
+
+def conv_transpose_nhwc(x: Array, kernel: Array, strides: tuple[int, int],
+                        padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """PyTorch's ``conv_transpose2d`` of NHWC ``x`` with the scatter-form kernel (kh, kw, C_in,
+    C_out) and PyTorch padding ``padding`` (cropped per side): the stride-1 convolution of the
+    ``strides``-dilated input with the flipped kernel and padding k - 1 - p (negative: a crop)."""
+    pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], padding, strict=True))
+    return lax.conv_general_dilated(x, kernel[::-1, ::-1], (1, 1), pads, lhs_dilation=strides,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class BinaryDense(nn.Module):
     """Dense layer on q_in(x) with weights alpha * q_w(normalize(W)); kernel (in, out).
 
@@ -251,8 +336,8 @@ class BinaryDense(nn.Module):
     features: int
     input_estimator: Estimator | None = None
     weight_estimator: Estimator | None = None
-    input_theta: EstimatorParams | None = None
-    weight_theta: EstimatorParams | None = None
+    input_theta: SharedTheta | None = None
+    weight_theta: SharedTheta | None = None
     weight_norm: str = "center"
     weight_scale: str = "mean"
     scale_in_backward: bool = True

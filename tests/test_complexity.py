@@ -81,3 +81,56 @@ def test_backbone_counts_are_the_classifiers_without_the_head():
     assert full.bops == backbone.bops and full.params_1bit == backbone.params_1bit
     bn = [x for x in backbone.layers if x.path == "layer1_0/bn1"]
     assert len(bn) == 1 and bn[0].kind == "BatchNorm" and bn[0].elementwise == 2 * 16 * 16 * 8
+
+
+def test_pose_resnet_params_and_true_macs_at_256x192():
+    """pose.md section 1.2: params exactly, true conv MACs within 1 %; the three deconvolutions of
+    pose_resnet_18 are 1,107 M MACs (C_in C_out 16 per input pixel: 8x6, 16x12, 32x24)."""
+    for name, params, macs in [("simple_baseline_resnet18", 15_376_721, 2.897e9),
+                               ("simple_baseline_resnet34", 25_484_881, 4.709e9),
+                               ("simple_baseline_resnet50", 33_999_697, 5.426e9)]:
+        r = complexity.count(models.create(name), (256, 192, 3), name=name)
+        assert r.params == params and r.bops == 0, name
+        assert abs(r.flops - macs) / macs < 0.01, (name, r.flops)
+        if name == "simple_baseline_resnet18":
+            deconvs = [x for x in r.layers if x.kind == "BinaryConvTranspose"]
+            assert [x.output_shape for x in deconvs] == [(16, 12, 256), (32, 24, 256), (64, 48, 256)]
+            assert sum(x.real_macs for x in deconvs) == 16 * 256 * (512 * 8 * 6 + 256 * 16 * 12 + 256 * 32 * 24)
+            assert round(sum(x.real_macs for x in deconvs) / 1e6) == 1107
+
+
+def test_sbpn_binary_deconvolutions_count_as_bops():
+    kw = {"width": 8, "stage_sizes": (1, 1, 1, 1), "deconv_features": 16}
+    binary = complexity.count(models.create("sbpn_resnet18", **kw), (64, 64, 3))
+    real = complexity.count(models.create("sbpn_resnet18", head="real", **kw), (64, 64, 3))
+    deconv_macs = 16 * 16 * (64 * 2 * 2 + 16 * 4 * 4 + 16 * 8 * 8)
+    assert binary.bops - real.bops == deconv_macs and real.flops - binary.flops == deconv_macs
+    assert binary.params_1bit - real.params_1bit == 16 * 16 * (64 + 16 + 16)
+    final = [x for x in binary.layers if x.path == "final_layer"]
+    assert final[0].real_macs == 16 * 16 * 16 * 17 and final[0].params_1bit == 0  # the last layer stays real
+
+
+def test_single_transposed_layer_counts_input_pixels():
+    class One(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return layers.BinaryConvTranspose(6, 4, 2, 1, input_estimator=estimators.get("ste"),
+                                              weight_estimator=estimators.get("ste"))(x)
+
+    r = complexity.count(One(), (5, 3, 4))
+    assert r.layers[0].output_shape == (10, 6, 6)
+    assert r.bops == 5 * 3 * 4 * 6 * 16 and r.flops == 0 and r.params_1bit == 4 * 4 * 4 * 6
+
+
+def test_cli_heatmap_models_and_markdown(capsys):
+    complexity.main(["simple_baseline_resnet50", "--input", "256x192", "--json"])
+    out = capsys.readouterr().out
+    assert '"params": 33999697' in out and '"input_shape": [\n    256,\n    192,\n    3\n  ]' in out
+    complexity.main(["sbpn_resnet18", "sbpn_resnet18:head='real'", "--input", "64x48"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| model | input | params | 1-bit params | FLOPs | BOPs | OPs")
+    assert out[2].startswith("| sbpn_resnet18 | 64x48 |") and out[3].startswith("| sbpn_resnet18:head='real' |")
+    with pytest.raises(SystemExit, match=r"^error: model 'resnet18' has a classifier head: num_joints"):
+        complexity.main(["resnet18", "--num-joints", "17"])
+    with pytest.raises(SystemExit, match=r"^error: input must be HEIGHTxWIDTH"):
+        complexity.main(["resnet18", "--input", "256by192"])

@@ -73,6 +73,89 @@ def test_binary_conv_jit_and_vmap_match_eager():
     np.testing.assert_allclose(np.asarray(per_example), np.asarray(layer.apply(variables, x)), rtol=1e-6)
 
 
+# ------------------------------------------------------------------------------ transposed convolution
+
+
+def _torch_binary_deconv(x, w, meta, stride, padding):
+    """PyTorch: sign(x) with Bi-Real's ApproxSign gradient, weights (C_in, C_out, k, k) centred and
+    scaled per output channel (dims 0, 2, 3), the meta net's sign, ``conv_transpose2d``."""
+    xb = ref.with_soft_gradient(x, ref.approx_sign_soft(x))
+    wc = w - w.mean(dim=(0, 2, 3), keepdim=True)
+    scale = wc.abs().mean(dim=(0, 2, 3), keepdim=True).detach()
+    return F.conv_transpose2d(xb, meta(wc) * scale, stride=stride, padding=padding)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(4, 2, 1), (3, 1, 1), (3, 2, 0), (2, 3, 0)])
+def test_binary_conv_transpose_matches_torch(k, stride, padding):
+    """Forward: F.conv_transpose2d(sign(x), sign(w_c) * mean|w_c|) exactly as written out, and the
+    PyTorch layer; backward: dx, the latent weights' and the shared MLP's gradients."""
+    torch.manual_seed(0)
+    cin, cout = 6, 5
+    w = torch.nn.init.xavier_uniform_(torch.empty(cin, cout, k, k)).requires_grad_(True)
+    meta = ref.MetaNet()
+    layer = L.BinaryConvTranspose(cout, k, stride, padding, input_estimator=APPROX, weight_estimator=MLP)
+    x = np.random.default_rng(0).normal(0, 1, (2, 5, 4, cin)).astype(np.float32)
+    xt = ref.nhwc_to_torch(x).requires_grad_(True)
+    yt = _torch_binary_deconv(xt, w, meta, stride, padding)
+    wc = w.detach() - w.detach().mean(dim=(0, 2, 3), keepdim=True)
+    written = F.conv_transpose2d(torch.sign(xt.detach()), torch.where(wc >= 0, 1.0, -1.0)
+                                 * wc.abs().mean(dim=(0, 2, 3), keepdim=True), stride=stride, padding=padding)
+    g = np.random.default_rng(9).normal(0, 1, yt.shape).astype(np.float32)
+    (yt * torch.tensor(g)).sum().backward()
+    variables = {"params": {"kernel": jnp.asarray(w.detach().numpy().transpose(2, 3, 0, 1))},
+                 "estimator": {"weight_estimator": {"w0": jnp.asarray(meta.network.Linear0.weight.detach().numpy().T),
+                                                    "w1": jnp.asarray(meta.network.Linear1.weight.detach().numpy().T)}}}
+    y, vjp = jax.vjp(lambda v, xx: layer.apply(v, xx), variables, jnp.asarray(x))
+    dv, dx = vjp(jnp.asarray(g).transpose(0, 2, 3, 1))
+    assert y.shape == (2, (5 - 1) * stride + k - 2 * padding, (4 - 1) * stride + k - 2 * padding, cout)
+    np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), written.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dv["params"]["kernel"]), w.grad.numpy().transpose(2, 3, 0, 1),
+                               rtol=1e-4, atol=1e-5)
+    est = dv["estimator"]["weight_estimator"]
+    assert float(np.abs(np.asarray(est["w1"])).sum()) > 0
+    np.testing.assert_allclose(np.asarray(est["w0"]), meta.network.Linear0.weight.grad.numpy().T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(est["w1"]), meta.network.Linear1.weight.grad.numpy().T, rtol=1e-4, atol=1e-5)
+
+
+def test_real_conv_transpose_and_flax_conv_transpose_match_torch():
+    """Without estimators: PyTorch's ConvTranspose2d(4, 2, 1) (weight (C_in, C_out, 4, 4), kernel
+    w.transpose(2, 3, 0, 1)). Flax's nn.ConvTranspose computes the same with the spatially
+    flipped kernel and padding k - 1 - p = 2 per side (pose.md section 6's [UNVERIFIED] item)."""
+    torch.manual_seed(1)
+    deconv = torch.nn.ConvTranspose2d(6, 5, 4, 2, 1, bias=False)
+    x = np.random.default_rng(1).normal(0, 1, (2, 5, 3, 6)).astype(np.float32)
+    with torch.no_grad():
+        yt = deconv(ref.nhwc_to_torch(x)).permute(0, 2, 3, 1).numpy()
+    w = deconv.weight.detach().numpy()
+    ours = L.BinaryConvTranspose(5).apply({"params": {"kernel": w.transpose(2, 3, 0, 1)}}, x)
+    flax_ct = nn.ConvTranspose(5, (4, 4), (2, 2), padding=((2, 2), (2, 2)), use_bias=False)
+    theirs = flax_ct.apply({"params": {"kernel": w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)}}, x)
+    assert yt.shape == (2, 10, 6, 5)
+    np.testing.assert_allclose(np.asarray(ours), yt, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(theirs), yt, rtol=1e-5, atol=1e-5)
+    assert "estimator" not in L.BinaryConvTranspose(5).init(jax.random.key(0), x)
+
+
+def test_binary_conv_transpose_shared_theta_values_and_errors():
+    """A mapping of theta values (a head reading its backbone's theta) is used as given; wrong
+    shapes and non-NHWC inputs are refused."""
+    x = jax.random.normal(jax.random.key(0), (1, 3, 3, 4))
+    own = L.BinaryConvTranspose(2, input_estimator=APPROX, weight_estimator=MLP)
+    v = own.init(jax.random.key(1), x)
+    theta = v["estimator"]["weight_estimator"]
+    shared = L.BinaryConvTranspose(2, input_estimator=APPROX, weight_estimator=MLP, weight_theta=theta)
+    sv = shared.init(jax.random.key(1), x)
+    assert "estimator" not in sv
+    np.testing.assert_array_equal(np.asarray(shared.apply({"params": v["params"]}, x)), np.asarray(own.apply(v, x)))
+    bad = L.BinaryConvTranspose(2, weight_estimator=MLP, weight_theta={"w0": jnp.zeros((1, 3))})
+    with pytest.raises(ValueError, match="shared theta has shapes"):
+        bad.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="NHWC"):
+        L.BinaryConvTranspose(2).init(jax.random.key(0), jnp.ones((3, 3, 4)))
+
+
 def test_binary_dense_matches_torch():
     torch.manual_seed(1)
     meta = ref.MetaNet()
@@ -334,14 +417,16 @@ TINY = {"width": 8, "small_inputs": True, "stage_sizes": (1, 1, 1, 1)}
 @pytest.mark.parametrize("name", [n for n in models.names() if models.info(n).binary])
 @pytest.mark.parametrize("kw", [TINY, {}], ids=["tiny", "default"])
 def test_binary_layer_paths_equal_the_complexity_count(name, kw):
-    """The layers the complexity count gives 1-bit parameters (the trainer's former source)."""
-    model = models.create(name, 10, **kw)
+    """The layers the complexity count gives 1-bit parameters (the trainer's former source); SBPN's
+    binary deconvolutions among them."""
+    model = models.create(name, **({"num_classes": 10} if models.info(name).head == "classifier" else {}), **kw)
     shape = (32, 32, 3)
     old = {layer.path for layer in complexity.count(model, shape).layers if layer.params_1bit}
     found = L.binary_layer_paths(model, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
     assert found == old
     stages = model.backbone.stage_sizes
-    assert found == {f"layer{i + 1}_{j}/binary_conv" for i, n in enumerate(stages) for j in range(n)}
+    head = {"deconv_layers_0", "deconv_layers_3", "deconv_layers_6"} if models.info(name).head == "heatmap" else set()
+    assert found == {f"layer{i + 1}_{j}/binary_conv" for i, n in enumerate(stages) for j in range(n)} | head
 
 
 def test_binary_layer_paths_of_real_models_and_stages():

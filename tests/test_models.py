@@ -14,11 +14,14 @@ from mlpbnn import estimators, models
 from mlpbnn import layers as L
 
 TINY = {"width": 8, "small_inputs": True, "stage_sizes": (1, 1, 1, 1)}
+# The heatmap models have their own tests (tests/test_models_simple_baseline.py).
+CLASSIFIERS = [n for n in models.names() if models.info(n).head == "classifier"]
 
 
 def test_names():
     assert models.names() == ["bireal_resnet18", "bireal_resnet34", "reactnet_resnet18", "resnet18", "resnet34",
-                              "resnet50"]
+                              "resnet50", "sbpn_resnet18", "sbpn_resnet34", "simple_baseline_resnet18",
+                              "simple_baseline_resnet34", "simple_baseline_resnet50"]
 
 
 def test_bad_name_and_option():
@@ -34,18 +37,47 @@ def test_bad_name_and_option():
         models.info("vgg16")
 
 
+def test_head_arguments_are_the_heads():
+    """``create`` takes the head's argument (the task's ``model_args()``) and refuses the other
+    kind's with one line naming the valid one."""
+    assert models.create("resnet18").num_classes == 1000 and models.create("resnet18", num_classes=3).num_classes == 3
+    assert models.create("simple_baseline_resnet18").num_joints == 17
+    assert models.create("sbpn_resnet18", num_joints=14).num_joints == 14
+    with pytest.raises(ValueError, match=r"^model 'resnet18' has a classifier head: num_joints is not its "
+                                         r"argument; valid: num_classes$"):
+        models.create("resnet18", num_joints=17)
+    with pytest.raises(ValueError, match=r"^model 'sbpn_resnet18' has a heatmap head: num_classes is not its "
+                                         r"argument; valid: num_joints$"):
+        models.create("sbpn_resnet18", 10)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['head'\] for model 'resnet18'"):
+        models.create("resnet18", head="real")
+    with pytest.raises(ValueError, match=r"head='binary' needs a binary backbone"):
+        models.create("simple_baseline_resnet18", head="binary")
+    with pytest.raises(ValueError, match=r"head must be one of \('real', 'binary'\)"):
+        models.create("sbpn_resnet18", head="ternary")
+
+
 def test_info():
-    expected = {"bireal_resnet18": (True, "bbc"), "bireal_resnet34": (True, "bbc"),
-                "reactnet_resnet18": (True, "reactnet"), "resnet18": (False, "torchvision"),
-                "resnet34": (False, "torchvision"), "resnet50": (False, "torchvision")}
-    for name, (binary, layout) in expected.items():
+    expected = {"bireal_resnet18": (True, "bbc", "classifier"), "bireal_resnet34": (True, "bbc", "classifier"),
+                "reactnet_resnet18": (True, "reactnet", "classifier"),
+                "resnet18": (False, "torchvision", "classifier"), "resnet34": (False, "torchvision", "classifier"),
+                "resnet50": (False, "torchvision", "classifier"),
+                "simple_baseline_resnet18": (False, "pose_resnet", "heatmap"),
+                "simple_baseline_resnet34": (False, "pose_resnet", "heatmap"),
+                "simple_baseline_resnet50": (False, "pose_resnet", "heatmap"),
+                "sbpn_resnet18": (True, "bbc", "heatmap"), "sbpn_resnet34": (True, "bbc", "heatmap")}
+    assert sorted(expected) == models.names()
+    for name, (binary, layout, head) in expected.items():
         info = models.info(name)
-        assert (info.name, info.binary, info.torch_layout) == (name, binary, layout)
+        assert (info.name, info.binary, info.torch_layout, info.head) == (name, binary, layout, head)
         assert info.estimator_fields == (("weight_estimator", "activation_estimator") if binary else ())
         assert set(info.estimator_fields) <= set(info.options) and "small_inputs" in info.options
+        assert ("head_shortcut" in info.options) == (head == "heatmap")
         with pytest.raises(AttributeError):  # frozen
             info.binary = not binary
-        models.create(name, 10, **{f: "ste" for f in info.estimator_fields})  # the fields it names exist
+        head_arg = {"num_classes": 10} if head == "classifier" else {"num_joints": 3}
+        model = models.create(name, **head_arg, **{f: "ste" for f in info.estimator_fields})  # the fields exist
+        assert isinstance(model, models.HEADS[head])
 
 
 # Flattened variable paths and shapes of every registry model, generated from the models as they
@@ -135,7 +167,7 @@ def test_variable_paths_and_shapes_are_unchanged(key):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "bireal_resnet18")
-                                  else n for n in models.names()])
+                                  else n for n in CLASSIFIERS])
 def test_shapes_dtypes_and_train_mode(name):
     model = models.create(name, 10, **TINY)
     x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
@@ -175,7 +207,7 @@ def test_backbone_feature_maps_and_classifier_head(name):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet50" else n
-                                  for n in models.names()])
+                                  for n in CLASSIFIERS])
 def test_bfloat16_keeps_bn_and_head_float32(name):
     """README's mixed-precision policy: convolutions in bf16; params, every BatchNorm (so the
     shortcut stream) and the fc head in float32; float32 logits."""

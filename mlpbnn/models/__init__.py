@@ -1,12 +1,15 @@
-"""Model zoo: backbones by name, a classifier head on top, and registry metadata.
+"""Model zoo: backbones by name, a head on top (a classifier or heatmaps), and registry metadata.
 
-``create(name, num_classes=1000, **overrides)`` returns the classifier, a Flax module whose
-``apply(variables, images_nhwc, train=..., progress=...)`` returns float32 logits
-(``mutable=['batch_stats']`` when ``train=True``). ``create_backbone(name, **overrides)`` returns
-the feature extractor alone (a tuple of the stage outputs), for other heads; the classifier's
-variables are the backbone's plus ``fc``, all at the top level. ``info(name)`` says what a model is
-(binary or not, its PyTorch key layout, the estimator fields it takes). Binary models take
-estimators by name, ``{'name': ..., **hparams}`` mapping or ``Estimator``:
+``create(name, **kwargs)`` returns the model, a Flax module whose
+``apply(variables, images_nhwc, train=..., progress=...)`` returns float32 outputs
+(``mutable=['batch_stats']`` when ``train=True``): logits (B, num_classes) for the classifiers,
+heatmaps (B, H/4, W/4, num_joints) for the heatmap models (``info(name).head``). ``kwargs`` are
+the head's argument (``num_classes``, default 1000, also positional; or ``num_joints``, default 17)
+and module overrides. ``create_backbone(name, **overrides)`` returns the feature extractor alone (a
+tuple of the stage outputs); a model's variables are the backbone's plus its head's, all at the
+top level. ``info(name)`` says what a model is (its head, binary or not, its PyTorch key layout,
+the estimator fields it takes). Binary models take estimators by name, ``{'name': ..., **hparams}``
+mapping or ``Estimator``:
 ``create('bireal_resnet18', weight_estimator='mlp', activation_estimator='approx_sign')``.
 """
 
@@ -20,12 +23,17 @@ import flax.linen as nn
 from mlpbnn import estimators
 from mlpbnn.models.heads import Classifier
 from mlpbnn.models.resnet import BinaryResNetBackbone, ResNetBackbone
+from mlpbnn.models.simple_baseline import HEAD_TYPES, SimpleBaseline
 
-__all__ = ["ESTIMATOR_FIELDS", "TORCH_LAYOUTS", "Classifier", "ModelInfo", "create", "create_backbone",
-           "info", "names"]
+__all__ = ["ESTIMATOR_FIELDS", "HEAD_ARGS", "HEADS", "TORCH_LAYOUTS", "Classifier", "ModelInfo", "SimpleBaseline",
+           "create", "create_backbone", "info", "names"]
 
 ESTIMATOR_FIELDS = ("weight_estimator", "activation_estimator")
-TORCH_LAYOUTS = ("torchvision", "bbc", "reactnet")
+TORCH_LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet")
+# The head kinds, the class of each and the argument ``create`` takes for it (the task's
+# ``model_args()``).
+HEADS = {"classifier": Classifier, "heatmap": SimpleBaseline}
+HEAD_ARGS = {"classifier": "num_classes", "heatmap": "num_joints"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +42,20 @@ class ModelInfo:
 
     Attributes:
       name: the registry name.
+      head: 'classifier' (logits; ``create`` takes ``num_classes``) or 'heatmap' (one heatmap per
+        joint at stride 4; ``create`` takes ``num_joints``).
       binary: whether it has binary layers (takes estimators, two-stage training applies).
       torch_layout: the PyTorch state_dict layout ``mlpbnn.convert`` maps to: 'torchvision'
         (torchvision's ResNets), 'bbc' (the official BBC/Bi-Real code, ``binary_conv.weights`` and
-        ``meta_net``) or 'reactnet' (ReActNet's code).
+        ``meta_net``), 'reactnet' (ReActNet's code) or 'pose_resnet' (SimpleBaseline's: torchvision
+        names plus ``deconv_layers`` and ``final_layer``); heads add their keys by the same rule.
       estimator_fields: the options that take an estimator (empty for full-precision models).
-      options: every option ``create``/``create_backbone`` accept as an override.
+      options: every option ``create`` accepts as an override (``create_backbone`` takes those of
+        the backbone: all but the head's).
     """
 
     name: str
+    head: str
     binary: bool
     torch_layout: str
     estimator_fields: tuple[str, ...]
@@ -53,19 +66,35 @@ _STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 _BINARY_STAGES = {18: (4, 4, 4, 4), 34: (6, 8, 12, 6)}  # one conv per block: twice the blocks
 _BIREAL = {"variant": "bireal", "weight_estimator": "mlp", "activation_estimator": "approx_sign"}
 
-# name -> (backbone class, defaults, PyTorch key layout)
-_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any], str]] = {
-    "resnet18": (ResNetBackbone, {"stage_sizes": _STAGES[18], "block": "basic"}, "torchvision"),
-    "resnet34": (ResNetBackbone, {"stage_sizes": _STAGES[34], "block": "basic"}, "torchvision"),
-    "resnet50": (ResNetBackbone, {"stage_sizes": _STAGES[50], "block": "bottleneck"}, "torchvision"),
-    "bireal_resnet18": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[18], **_BIREAL}, "bbc"),
-    "bireal_resnet34": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[34], **_BIREAL}, "bbc"),
+# name -> (backbone class, defaults, PyTorch key layout, head kind, head defaults)
+_Entry = tuple[type[nn.Module], dict[str, Any], str, str, dict[str, Any]]
+_REGISTRY: dict[str, _Entry] = {
+    "resnet18": (ResNetBackbone, {"stage_sizes": _STAGES[18], "block": "basic"}, "torchvision", "classifier", {}),
+    "resnet34": (ResNetBackbone, {"stage_sizes": _STAGES[34], "block": "basic"}, "torchvision", "classifier", {}),
+    "resnet50": (ResNetBackbone, {"stage_sizes": _STAGES[50], "block": "bottleneck"}, "torchvision", "classifier",
+                 {}),
+    "bireal_resnet18": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[18], **_BIREAL}, "bbc", "classifier",
+                        {}),
+    "bireal_resnet34": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[34], **_BIREAL}, "bbc", "classifier",
+                        {}),
     # ReActNet's HardBinaryConv: clipped STE through clamp(W, -1, 1), no centring, mean |W|
     # scale in the forward only, latent weights initialised U(0, 0.001) as in its code.
     "reactnet_resnet18": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[18], "variant": "reactnet",
                                                  "weight_estimator": "ste", "activation_estimator": "approx_sign",
                                                  "weight_norm": "none", "scale_in_backward": False,
-                                                 "binary_init": "reactnet"}, "reactnet"),
+                                                 "binary_init": "reactnet"}, "reactnet", "classifier", {}),
+    # SimpleBaseline (arXiv 1804.06208) on torchvision ResNets: the official pose_resnet.
+    "simple_baseline_resnet18": (ResNetBackbone, {"stage_sizes": _STAGES[18], "block": "basic"}, "pose_resnet",
+                                 "heatmap", {}),
+    "simple_baseline_resnet34": (ResNetBackbone, {"stage_sizes": _STAGES[34], "block": "basic"}, "pose_resnet",
+                                 "heatmap", {}),
+    "simple_baseline_resnet50": (ResNetBackbone, {"stage_sizes": _STAGES[50], "block": "bottleneck"},
+                                 "pose_resnet", "heatmap", {}),
+    # SBPN (BBC, arXiv 2205.07433): the Bi-Real/BBC binary ResNet with a binary SimpleBaseline head.
+    "sbpn_resnet18": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[18], **_BIREAL}, "bbc", "heatmap",
+                      {"head": "binary"}),
+    "sbpn_resnet34": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[34], **_BIREAL}, "bbc", "heatmap",
+                      {"head": "binary"}),
 }
 
 
@@ -82,13 +111,19 @@ def _options(cls: type[nn.Module]) -> tuple[str, ...]:
     return tuple(sorted({f.name for f in dataclasses.fields(cls)} - {"parent", "name"}))
 
 
+def _head_options(head: str) -> tuple[str, ...]:
+    """The head module's own options (not the backbone, not the head argument)."""
+    return tuple(o for o in _options(HEADS[head]) if o not in ("backbone", HEAD_ARGS[head]))
+
+
 def info(name: str) -> ModelInfo:
     """Registry metadata of model ``name`` (ValueError naming the valid names if unknown)."""
     _check(name)
-    cls, _, layout = _REGISTRY[name]
+    cls, _, layout, head, _ = _REGISTRY[name]
     binary = cls is BinaryResNetBackbone
-    return ModelInfo(name=name, binary=binary, torch_layout=layout,
-                     estimator_fields=ESTIMATOR_FIELDS if binary else (), options=_options(cls))
+    return ModelInfo(name=name, head=head, binary=binary, torch_layout=layout,
+                     estimator_fields=ESTIMATOR_FIELDS if binary else (),
+                     options=tuple(sorted(_options(cls) + _head_options(head))))
 
 
 def create_backbone(name: str, **overrides: Any) -> nn.Module:
@@ -96,7 +131,7 @@ def create_backbone(name: str, **overrides: Any) -> nn.Module:
     feature map per stage. ``overrides`` set module fields (e.g. ``small_inputs=True``,
     ``width=16``, ``stage_sizes=(1, 1, 1, 1)``, ``dtype=jnp.bfloat16``, estimators)."""
     _check(name)
-    cls, defaults, _ = _REGISTRY[name]
+    cls, defaults, _, _, _ = _REGISTRY[name]
     fields = _options(cls)
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
@@ -110,7 +145,36 @@ def create_backbone(name: str, **overrides: Any) -> nn.Module:
     return cls(**kwargs)
 
 
-def create(name: str, num_classes: int = 1000, **overrides: Any) -> Classifier:
-    """The classifier ``name`` with ``num_classes`` outputs: ``create_backbone(name, **overrides)``
-    with global average pooling and ``fc`` on top (``model.backbone`` is the backbone)."""
-    return Classifier(create_backbone(name, **overrides), num_classes)
+def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Model ``name``: ``create_backbone(name, ...)`` with its head on top (``model.backbone`` is
+    the backbone).
+
+    ``kwargs``: the head's argument (``num_classes`` for a classifier, default 1000; ``num_joints``
+    for a heatmap model, default 17), head options (heatmap models: ``head``, ``head_shortcut``,
+    ...) and backbone overrides. A head argument of the other kind of head is refused
+    (ValueError naming the valid one), as is an unknown option.
+    """
+    _check(name)
+    cls, _, _, head, head_defaults = _REGISTRY[name]
+    head_args = {k: kwargs.pop(k) for k in HEAD_ARGS.values() if k in kwargs}
+    if num_classes is not None:
+        head_args["num_classes"] = num_classes
+    wrong = sorted(set(head_args) - {HEAD_ARGS[head]})
+    if wrong:
+        raise ValueError(f"model {name!r} has a {head} head: {', '.join(wrong)} is not its argument; "
+                         f"valid: {HEAD_ARGS[head]}")
+    head_fields = _head_options(head)
+    unknown = sorted(set(kwargs) - set(_options(cls)) - set(head_fields))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {', '.join(info(name).options)}")
+    head_kwargs = {**head_defaults, **{k: kwargs.pop(k) for k in head_fields if k in kwargs}}
+    if head == "heatmap":
+        _check_heatmap_head(name, head_kwargs.get("head", "real"), cls is BinaryResNetBackbone)
+    return HEADS[head](create_backbone(name, **kwargs), **head_args, **head_kwargs)
+
+
+def _check_heatmap_head(name: str, kind: Any, binary: bool) -> None:
+    if kind not in HEAD_TYPES:
+        raise ValueError(f"head must be one of {HEAD_TYPES} for model {name!r}, got {kind!r}")
+    if kind == "binary" and not binary:
+        raise ValueError(f"head='binary' needs a binary backbone; {name!r} is full precision")
