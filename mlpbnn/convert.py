@@ -4,6 +4,8 @@ Names map by rule, because mlpbnn's modules carry the PyTorch names with ``.`` w
 before an index (``layer1.0.downsample.1`` is ``layer1_0/downsample_1``):
 
     params/.../kernel (4-D, HWIO)     <-> ...weight, OIHW (binary convs: ``binary_conv.weights``)
+    params/deconv_layers_N/kernel     <-> deconv_layers.N.weight, ConvTranspose2d's (I, O, kH, kW)
+                                          (the kernel is (kH, kW, I, O), ``layers.BinaryConvTranspose``)
     params/.../kernel (2-D, in x out) <-> ...weight, out x in
     params/.../{bias, scale, slope}   <-> ...bias, ...weight (BN scale, PReLU slope)
     params/moveN/bias (C,)            <-> moveN.bias (1, C, 1, 1)  (ReActNet's LearnableBias)
@@ -12,12 +14,14 @@ before an index (``layer1.0.downsample.1`` is ``layer1_0/downsample_1``):
     estimator/input_estimator/w{i}    <-> input_meta_net.network.Linear{i}.weight (mlpbnn's extension)
 
 ``from_torch`` accepts the official BBC checkpoint layout (keys with or without ``module.``, a
-dict with ``state_dict``) and torchvision's ResNet keys. Every tensor must be accounted for: a
+dict with ``state_dict``), torchvision's ResNet keys and the official SimpleBaseline / HRNet-repo
+``pose_resnet`` checkpoints (``simple_baseline_resnet*``: torchvision's backbone keys,
+``deconv_layers.{0..8}``, ``final_layer``). Every tensor must be accounted for: a
 missing, unexpected or misshaped tensor raises ``ValueError`` naming the key and both shapes.
 BN ``num_batches_tracked`` counters are checked to belong to a BN layer and are otherwise unused
 (Flax's BN has no counter; ``to_torch`` writes ``num_batches_tracked``).
 
-    python -m mlpbnn.convert in.pth out_dir --model NAME [--num-classes N]
+    python -m mlpbnn.convert in.pth out_dir --model NAME [--num-classes N | --num-joints K]
 
 writes a variables checkpoint (``mlpbnn.variables_io``) that the trainer starts from.
 """
@@ -67,10 +71,17 @@ def torch_key(path: Path_, layout: str) -> str:
     return ".".join([*names, {"bias": "bias", "scale": "weight", "slope": "weight"}[leaf]])
 
 
+def _transposed_conv(modules: list[str], leaf: str) -> bool:
+    """Whether the variable is a ConvTranspose2d kernel: by name (SimpleBaseline's deconv_layers)."""
+    return leaf == "kernel" and bool(modules) and re.fullmatch(r"deconv_layers_\d+", modules[-1]) is not None
+
+
 def _to_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
     collection, *modules, leaf = path
     if collection == "estimator" and leaf.startswith("w"):
         return value.T
+    if _transposed_conv(modules, leaf):  # (kH, kW, I, O) -> (I, O, kH, kW)
+        return value.transpose(2, 3, 0, 1)
     if leaf == "kernel":
         return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
     if leaf == "bias" and modules and re.fullmatch(r"move\d+", modules[-1]):
@@ -82,6 +93,8 @@ def _from_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
     collection, *modules, leaf = path
     if collection == "estimator" and leaf.startswith("w"):
         return value.T
+    if _transposed_conv(modules, leaf):  # (I, O, kH, kW) -> (kH, kW, I, O)
+        return value.transpose(2, 3, 0, 1)
     if leaf == "kernel":
         return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
     if leaf == "bias" and modules and re.fullmatch(r"move\d+", modules[-1]):
@@ -89,8 +102,10 @@ def _from_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def expected_variables(name: str, num_classes: int = 1000, **model_kwargs: Any) -> dict[Path_, jax.ShapeDtypeStruct]:
-    """Flattened variable shapes of ``models.create(name, num_classes, **model_kwargs)``."""
+def expected_variables(name: str, num_classes: int | None = None,
+                       **model_kwargs: Any) -> dict[Path_, jax.ShapeDtypeStruct]:
+    """Flattened variable shapes of ``models.create(name, num_classes, **model_kwargs)``
+    (``model_kwargs`` may hold the head argument ``num_joints`` of a heatmap model)."""
     model = models.create(name, num_classes, **model_kwargs)
     size = 32 if model_kwargs.get("small_inputs") else 64  # parameter shapes do not depend on it
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
@@ -111,23 +126,39 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _infer_num_classes(sd: Mapping[str, Any]) -> int:
-    if "fc.weight" not in sd:
-        raise ValueError("missing key 'fc.weight' (needed for the number of classes)")
-    return int(_as_numpy(sd["fc.weight"]).shape[0])
+# The head argument of each head kind, read from the rows of the last layer's weight.
+_HEAD_KEYS = {"classifier": ("num_classes", "fc.weight", "classes"),
+              "heatmap": ("num_joints", "final_layer.weight", "joints")}
+
+
+def head_args(name: str, sd: Mapping[str, Any], **given: int | None) -> dict[str, int]:
+    """The head argument of model ``name`` (``{'num_classes': N}`` or ``{'num_joints': K}``):
+    the one in ``given`` if it is not None, else the rows of the state_dict's ``fc.weight`` /
+    ``final_layer.weight``. A given argument of another head kind is refused."""
+    arg, key, what = _HEAD_KEYS[models.info(name).head]
+    wrong = sorted(k for k, v in given.items() if v is not None and k != arg)
+    if wrong:
+        raise ValueError(f"model {name!r} has a {models.info(name).head} head: {', '.join(wrong)} is not its "
+                         f"argument; valid: {arg}")
+    if given.get(arg) is not None:
+        return {arg: int(given[arg])}
+    if key not in sd:
+        raise ValueError(f"missing key {key!r} (needed for the number of {what})")
+    return {arg: int(_as_numpy(sd[key]).shape[0])}
 
 
 def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None = None,
                dtype: Any = np.float32, **model_kwargs: Any) -> dict[str, Any]:
     """Flax variables of model ``name`` from a PyTorch state_dict (or an official checkpoint).
 
-    ``num_classes`` defaults to the rows of ``fc.weight``; values are cast to ``dtype``;
-    ``model_kwargs`` as in ``models.create``.
+    The head argument (``num_classes`` of a classifier, ``num_joints`` of a heatmap model, in
+    ``model_kwargs``) defaults to the rows of ``fc.weight`` / ``final_layer.weight``; values are
+    cast to ``dtype``; ``model_kwargs`` as in ``models.create``.
     """
     sd = unwrap_state_dict(state_dict)
-    num_classes = _infer_num_classes(sd) if num_classes is None else num_classes
+    head = head_args(name, sd, num_classes=num_classes, num_joints=model_kwargs.pop("num_joints", None))
     layout = models.info(name).torch_layout
-    expected = expected_variables(name, num_classes, **model_kwargs)
+    expected = expected_variables(name, **head, **model_kwargs)
     keys = {path: torch_key(path, layout) for path in expected}
     missing, misshaped, nonfinite, flat = [], [], [], {}
     for path, shape in expected.items():
@@ -151,7 +182,8 @@ def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None
                 + [f"not finite: {m}" for m in nonfinite]
                 + [f"unexpected: {k} {tuple(_as_numpy(sd[k]).shape)}" for k in sorted(unexpected)])
     if problems:
-        raise ValueError(f"state_dict does not match model {name!r} ({num_classes} classes):\n  "
+        arg, _, what = _HEAD_KEYS[models.info(name).head]
+        raise ValueError(f"state_dict does not match model {name!r} ({head[arg]} {what}):\n  "
                          + "\n  ".join(problems))
     return traverse_util.unflatten_dict(flat)
 
@@ -192,15 +224,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help=".pth / .pth.tar file (state_dict or {'state_dict': ...})")
     parser.add_argument("out_dir", help="new directory for the orbax checkpoint")
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(models.names())}")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: rows of fc.weight")
+    parser.add_argument("--num-classes", type=int, default=None, help="classifiers; default: rows of fc.weight")
+    parser.add_argument("--num-joints", type=int, default=None,
+                        help="heatmap models; default: rows of final_layer.weight")
     parser.add_argument("--small-inputs", action="store_true")
     args = parser.parse_args(argv)
     kwargs = {"small_inputs": True} if args.small_inputs else {}
     try:
+        models.info(args.model)  # an unknown name before reading the file
         sd = load_torch_checkpoint(args.checkpoint)
-        num_classes = _infer_num_classes(sd) if args.num_classes is None else args.num_classes
-        variables = from_torch(args.model, sd, num_classes, **kwargs)
-        out = save_variables(args.out_dir, variables, args.model, {"num_classes": num_classes, **kwargs})
+        head = head_args(args.model, sd, num_classes=args.num_classes, num_joints=args.num_joints)
+        variables = from_torch(args.model, sd, **head, **kwargs)
+        out = save_variables(args.out_dir, variables, args.model, {**head, **kwargs})
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     n = sum(np.size(v) for v in jax.tree.leaves(variables))

@@ -251,3 +251,166 @@ def test_non_finite_tensors_are_refused_by_name():
         convert.from_torch("resnet18", sd, small_inputs=True, width=8, stage_sizes=(1, 1, 1, 1))
     assert "not finite: layer1.0.conv1.weight (1 of 576 values NaN or inf)" in str(e.value)
     assert "not finite: fc.bias (1 of 10 values NaN or inf)" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ SimpleBaseline / SBPN
+
+
+def pose_reference(name: str, stages, num_joints: int = 17, **kw) -> torch.nn.Module:
+    """pose_resnet (simple_baseline_*) or SBPN, with random BN, PReLU and final_layer bias."""
+    torch.manual_seed(0)
+    if name.startswith("sbpn"):
+        net = ref.SBPN(stages, num_joints, **kw)
+    else:
+        net = ref.PoseResNet(stages, "bottleneck" if name.endswith("50") else "basic", num_joints, **kw)
+    ref.randomize_batch_norm(net)
+    with torch.no_grad():
+        net.final_layer.bias.uniform_(-0.1, 0.1)
+    return net
+
+
+def heatmap_parity(name: str, net: torch.nn.Module, hw: tuple[int, int], batch: int = 2, float64: bool = False,
+                   grads: bool = True, **model_kwargs):
+    """Eval heatmaps (NHWC) and, with ``grads``, every train-mode MSE gradient of both frameworks."""
+    variables = convert.from_torch(name, net.state_dict(), **model_kwargs)
+    num_joints = net.final_layer.weight.shape[0]
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (batch, *hw, 3))
+    dtype = np.float64 if float64 else np.float32
+    x = x.astype(dtype)
+    if float64:
+        net = net.double()
+        variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+    model = models.create(name, num_joints=num_joints, dtype=jnp.float64 if float64 else jnp.float32,
+                          **model_kwargs)
+    xt = ref.nhwc_to_torch(x)
+    net.eval()
+    with torch.no_grad():
+        heat_t = net(xt).permute(0, 2, 3, 1).numpy()
+    heat_j = np.asarray(jax.jit(lambda v: model.apply(v, x))(variables))
+    if not grads:
+        return heat_j, heat_t, {}, {}
+    target = rng.uniform(0, 1, heat_t.shape).astype(dtype)
+    net.train()
+    net.zero_grad()
+    ((net(xt).permute(0, 2, 3, 1) - torch.tensor(target)) ** 2).mean().backward()
+    grad_sd = {k: p.grad for k, p in net.named_parameters()}
+    grad_sd.update({k: torch.zeros_like(b) for k, b in net.named_buffers()})
+    grads_t = convert.from_torch(name, grad_sd, dtype=dtype, **model_kwargs)
+    trainable = {k: v for k, v in variables.items() if k != "batch_stats"}
+
+    def loss(tv):
+        out, _ = model.apply({**tv, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"])
+        return jnp.mean((out - target) ** 2)
+
+    grads_j = jax.jit(jax.grad(loss))(trainable)
+    return heat_j, heat_t, flax.traverse_util.flatten_dict(grads_j), flax.traverse_util.flatten_dict(
+        {k: v for k, v in grads_t.items() if k != "batch_stats"})
+
+
+SMALL_POSE = {"width": 16, "features": 32}
+
+
+@pytest.mark.parametrize("name,stages,kw,grads", [
+    ("simple_baseline_resnet18", (1, 1, 1, 1), SMALL_POSE, False),
+    pytest.param("simple_baseline_resnet18", (1, 1, 1, 1), SMALL_POSE, True, marks=SLOW),
+    pytest.param("simple_baseline_resnet18", (2, 2, 2, 2), {}, False, marks=SLOW),
+    pytest.param("simple_baseline_resnet50", (3, 4, 6, 3), {}, False, marks=SLOW),
+])
+def test_simple_baseline_parity_with_pose_resnet(name, stages, kw, grads):
+    """An independent pose_resnet (tests/torch_reference.py: the torchvision trunk,
+    ConvTranspose2d(4, 2, 1) deconvolutions, final_layer) through from_torch: equal heatmaps at
+    64x48 (the last stage is 2x2, from 3 rows or columns: stride-2 padding matters), and in float64
+    equal train-mode MSE gradients of every parameter."""
+    net = pose_reference(name, stages, **kw)
+    model_kw = {"stage_sizes": stages, **({"width": kw["width"], "deconv_features": kw["features"]} if kw else {})}
+    if grads:
+        with jax.enable_x64(True):
+            result = heatmap_parity(name, net, (64, 48), float64=True, **model_kw)
+        assert_parity(*result, rtol=1e-9)
+    else:
+        heat_j, heat_t, _, _ = heatmap_parity(name, net, (64, 48), grads=False, **model_kw)
+        assert heat_j.shape == (2, 16, 16, 17)  # 64x48 -> a 2x2 last stage -> x8
+        np.testing.assert_allclose(heat_j, heat_t, rtol=1e-4, atol=1e-4 * np.abs(heat_t).max())
+
+
+@pytest.mark.parametrize("grads", [False, pytest.param(True, marks=SLOW)])
+def test_sbpn_parity_with_a_pytorch_reference(grads):
+    """The binary head (sign of the input, centred and scaled weights through the shared meta net,
+    ConvTranspose2d(4, 2, 1), BN, the group-mean + nearest shortcut, PReLU) on the official BBC
+    trunk, in float64: equal heatmaps and every train-mode gradient, the shared estimator's
+    (which the backbone's and the head's binary layers all feed) included."""
+    stages, kw = (1, 1, 1, 1), {"width": 8, "small_inputs": True, "features": 16}
+    net = pose_reference("sbpn_resnet18", stages, **kw)
+    with jax.enable_x64(True):
+        result = heatmap_parity("sbpn_resnet18", net, (16, 16), float64=True, grads=grads, stage_sizes=stages,
+                                width=8, small_inputs=True, deconv_features=16)
+    assert result[0].shape == (2, 16, 16, 17)
+    if grads:
+        assert ("estimator", "weight_estimator", "w1") in result[3]
+        assert_parity(*result, rtol=1e-9)
+    else:
+        np.testing.assert_allclose(result[0], result[1], rtol=1e-9, atol=1e-9 * np.abs(result[1]).max())
+
+
+@pytest.mark.parametrize("name", ["simple_baseline_resnet50", "sbpn_resnet18"])
+def test_pose_round_trip_is_exact(name):
+    stages = (1, 1, 1, 1)
+    kw = {"width": 8, "small_inputs": True, "features": 16}
+    net = pose_reference(name, stages, num_joints=5, **kw)
+    sd = net.state_dict()
+    model_kw = {"stage_sizes": stages, "width": 8, "small_inputs": True, "deconv_features": 16}
+    variables = convert.from_torch(name, {"module." + k: v for k, v in sd.items()}, **model_kw)  # DataParallel keys
+    assert variables["params"]["final_layer"]["kernel"].shape == (1, 1, 16, 5)  # num_joints from final_layer
+    back = convert.to_torch(name, variables)
+    assert sorted(back) == sorted(sd)
+    for k, v in sd.items():
+        assert back[k].shape == v.shape and torch.equal(back[k], v), k
+    fresh = pose_reference(name, stages, num_joints=5, **kw)
+    fresh.load_state_dict(back, strict=True)
+
+
+def test_pose_resnet_full_size_key_sets():
+    """pose.md section 1.2: 140 / 236 / 338 state_dict keys with num_batches_tracked; the keys
+    and the transposed-convolution shapes are pose_resnet's."""
+    for name, stages, block, n in [("simple_baseline_resnet18", (2, 2, 2, 2), "basic", 140),
+                                   ("simple_baseline_resnet34", (3, 4, 6, 3), "basic", 236),
+                                   ("simple_baseline_resnet50", (3, 4, 6, 3), "bottleneck", 338)]:
+        expected = convert.expected_variables(name)
+        keys = {convert.torch_key(p, "pose_resnet"): p for p in expected}
+        bn = [k for k in keys if k.endswith(".running_var")]
+        assert len(keys) + len(bn) == n, name
+        sd = ref.PoseResNet(stages, block).state_dict()
+        assert set(keys) == {k for k in sd if not k.endswith("num_batches_tracked")}, name
+        for k, p in keys.items():
+            assert tuple(sd[k].shape) == convert._to_torch_layout(p, np.zeros(expected[p].shape)).shape, k
+    c_in = {"simple_baseline_resnet18": 512, "simple_baseline_resnet50": 2048}
+    for name, c in c_in.items():
+        assert convert.expected_variables(name)[("params", "deconv_layers_0", "kernel")].shape == (4, 4, c, 256)
+
+
+def test_pose_checkpoint_errors_and_cli(tmp_path):
+    stages, kw = (1, 1, 1, 1), {"width": 8, "small_inputs": True, "features": 16}
+    model_kw = {"stage_sizes": stages, "width": 8, "small_inputs": True, "deconv_features": 16}
+    sd = pose_reference("simple_baseline_resnet18", stages, **kw).state_dict()
+    bad = {k: v for k, v in sd.items() if k != "deconv_layers.4.running_var"}
+    bad["deconv_layers.9.weight"] = torch.zeros(3)
+    bad["deconv_layers.0.weight"] = sd["deconv_layers.0.weight"].transpose(0, 1)  # (O, I, 4, 4): as a Conv2d's
+    with pytest.raises(ValueError) as e:
+        convert.from_torch("simple_baseline_resnet18", bad, **model_kw)
+    msg = str(e.value)
+    assert msg.startswith("state_dict does not match model 'simple_baseline_resnet18' (17 joints)")
+    assert "missing: deconv_layers.4.running_var (expected shape (16,))" in msg
+    assert "unexpected: deconv_layers.9.weight (3,)" in msg
+    assert ("misshaped: deconv_layers.0.weight: expected shape (64, 16, 4, 4) for params/deconv_layers_0/kernel, "
+            "got (16, 64, 4, 4)") in msg
+    with pytest.raises(ValueError, match=r"^model 'simple_baseline_resnet18' has a heatmap head: num_classes"):
+        convert.from_torch("simple_baseline_resnet18", sd, 10, **model_kw)
+    full = pose_reference("simple_baseline_resnet18", (2, 2, 2, 2))
+    path = tmp_path / "pose_resnet_18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in full.state_dict().items()}}, path)
+    convert.main([str(path), str(tmp_path / "out"), "--model", "simple_baseline_resnet18"])
+    variables, meta = load_variables(tmp_path / "out")
+    assert meta == {"model": "simple_baseline_resnet18", "model_kwargs": {"num_joints": 17}}
+    np.testing.assert_array_equal(variables["params"]["deconv_layers_3"]["kernel"],
+                                  full.deconv_layers[3].weight.detach().numpy().transpose(2, 3, 0, 1))

@@ -396,3 +396,92 @@ def randomize_batch_norm(model: nn.Module, seed: int = 0) -> None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
             elif isinstance(m, LearnableBias):
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+# ------------------------------------------------------------------------------ pose (SimpleBaseline)
+# pose_resnet's head (Xiao et al., arXiv 1804.06208; lib/models/pose_resnet.py of
+# microsoft/human-pose-estimation.pytorch): deconv_layers = [ConvTranspose2d(C, 256, 4, 2, 1,
+# output_padding=0, bias=False), BatchNorm2d, ReLU] x 3, final_layer = Conv2d(256, K, 1) with bias.
+
+
+def _deconv_head(module: nn.Module, inplanes: int, features: int, num_joints: int, num_deconvs: int = 3) -> None:
+    layers: list[nn.Module] = []
+    for _ in range(num_deconvs):
+        layers += [nn.ConvTranspose2d(inplanes, features, 4, 2, 1, output_padding=0, bias=False),
+                   nn.BatchNorm2d(features), nn.ReLU(inplace=True)]
+        inplanes = features
+    module.deconv_layers = nn.Sequential(*layers)
+    module.final_layer = nn.Conv2d(features, num_joints, 1, 1, 0)
+    for m in module.deconv_layers.modules():  # pose_resnet.init_weights
+        if isinstance(m, nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, std=0.001)
+    nn.init.normal_(module.final_layer.weight, std=0.001)
+    nn.init.zeros_(module.final_layer.bias)
+
+
+class PoseResNet(TorchvisionResNet):
+    """pose_resnet: the torchvision trunk (no avgpool/fc), ``deconv_layers``, ``final_layer``;
+    NCHW heatmaps at stride 4."""
+
+    def __init__(self, stages, block="basic", num_joints=17, width=64, small_inputs=False, features=256):
+        super().__init__(stages, block, 1, width, small_inputs)
+        del self.avgpool, self.fc
+        expansion = 4 if block == "bottleneck" else 1
+        _deconv_head(self, width * 2 ** (len(stages) - 1) * expansion, features, num_joints)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}", nn.Identity())(x)
+        return self.final_layer(self.deconv_layers(x))
+
+
+class MetaConvTranspose(nn.Module):
+    """A binary ConvTranspose2d(k=4, s=2, p=1) in the style of the official MetaConv: latent weights
+    (C_in, C_out, 4, 4) centred per output channel, detached mean |w| scale per output channel,
+    the shared meta net's sign."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cin, cout, 4, 4))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, x, meta_net):
+        w = self.weight
+        wc = w - w.mean(dim=(0, 2, 3), keepdim=True)
+        scale = wc.abs().mean(dim=(0, 2, 3), keepdim=True).detach()
+        wb = meta_net(wc) * scale
+        return F.conv_transpose2d(x, wb, stride=2, padding=1)
+
+
+class SBPN(BinaryResNetRef):
+    """The official BBC Bi-Real trunk with the binary SimpleBaseline head of mlpbnn's SBPN:
+    x -> PReLU(BN(MetaConvTranspose(sign(x))) + shortcut(x)), shortcut = mean of adjacent
+    channel groups, nearest x2 upsampling; then the real final_layer."""
+
+    def __init__(self, stages, num_joints=17, width=64, small_inputs=False, features=256, shortcut=True):
+        super().__init__(stages, 1, width, small_inputs, "bireal")
+        del self.avgpool, self.fc
+        self.shortcut, self.features = shortcut, features
+        inplanes, layers = width * 2 ** (len(stages) - 1), []
+        for _ in range(3):
+            layers += [MetaConvTranspose(inplanes, features), nn.BatchNorm2d(features), nn.PReLU(features)]
+            inplanes = features
+        self.deconv_layers = nn.Sequential(*layers)
+        self.final_layer = nn.Conv2d(features, num_joints, 1)
+
+    def forward(self, x):
+        x = self.maxpool(self.nonlinear(self.bn1(self.conv1(x))))
+        for i in range(1, 5):
+            for block in getattr(self, f"layer{i}", []):
+                x = block(x, self.meta_net)
+        for i in range(3):
+            conv, bn, act = self.deconv_layers[3 * i: 3 * i + 3]
+            out = bn(conv(binary_activation(x), self.meta_net))
+            if self.shortcut:
+                n, c, h, w = x.shape
+                short = (x.reshape(n, self.features, c // self.features, h, w).mean(2) if c >= self.features
+                         else x.repeat_interleave(self.features // c, dim=1))
+                out = out + F.interpolate(short, scale_factor=2, mode="nearest")
+            x = act(out)
+        return self.final_layer(x)
