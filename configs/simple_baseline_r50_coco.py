@@ -1,0 +1,24 @@
+"""The full-precision SimpleBaseline ResNet-50 (Xiao et al., arXiv 1804.06208) on COCO keypoints:
+SBPN's distillation teacher, in HRNet's COCO recipe (``configs/sbpn_coco.py``).
+
+    python train.py --config configs/simple_baseline_r50_coco.py --workdir runs/sb_r50 \
+        --config.data.dir=/data/coco --config.init_checkpoint=runs/imagenet_r50/variables
+
+or convert the released ``pose_resnet_50_256x192.pth.tar`` (70.4 AP with detector boxes) instead
+of training: ``python -m mlpbnn.convert simple_baseline_resnet50 pose_resnet_50_256x192.pth.tar
+runs/sb_r50/variables`` (then ``--config.teacher.checkpoint=runs/sb_r50/variables`` in SBPN).
+"""
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("sbpn_coco", Path(__file__).with_name("sbpn_coco.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config():
+    c = _base.get_config()
+    c.model = type(c.model)({"name": "simple_baseline_resnet50"})
+    c.teacher.model = ""
+    return c
