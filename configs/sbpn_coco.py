@@ -22,7 +22,13 @@ def get_config():
     c = keypoints_config(base_config())
     c.seed = 0
     c.model.name = "sbpn_resnet18"
+    c.model.stage_sizes = (4, 4, 4, 4)        # binary 3x3 convs per stage (one per Bi-Real block)
+    c.model.width = 64
+    c.model.small_inputs = False
     c.model.head = "binary"                  # binary deconvolutions; 'real' keeps them real
+    c.model.head_shortcut = True             # the parameter-free real path around each binary deconv
+    c.model.num_deconvs = 3
+    c.model.deconv_features = 256
     c.estimator.weights = "mlp"
     c.estimator.activations = "approx_sign"
     c.estimator.share = True

@@ -19,6 +19,7 @@ _spec.loader.exec_module(_base)
 
 def get_config():
     c = _base.get_config()
-    c.model = type(c.model)({"name": "simple_baseline_resnet50"})
+    c.model = type(c.model)({"name": "simple_baseline_resnet50", "stage_sizes": (3, 4, 6, 3), "width": 64,
+                             "small_inputs": False, "head": "real", "num_deconvs": 3, "deconv_features": 256})
     c.teacher.model = ""
     return c
