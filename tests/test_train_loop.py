@@ -4,6 +4,7 @@ non-finite losses."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
@@ -146,3 +147,26 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, monkeypat
     ckpts = Checkpoints(workdir, 3)
     assert ckpts.manager.all_steps() == [4]
     assert ckpts.restore_meta(4)["step"] == 4
+
+
+def test_merge_variables_strict_and_partial():
+    """init_checkpoint: strict by default (every variable of the model, nothing else); with
+    init_strict=False an ImageNet classifier's backbone goes into a pose model: shared variables
+    loaded, the head kept at its init, fc ignored; a shape disagreement is an error either way."""
+    from mlpbnn.train.loop import merge_variables
+
+    z = functools.partial(np.zeros, dtype=np.float32)
+    init = {"params": {"conv1": {"kernel": z((3, 3))}, "final_layer": {"kernel": z(2)}},
+            "batch_stats": {"bn1": {"mean": z(3)}}}
+    loaded = {"params": {"conv1": {"kernel": np.ones((3, 3))}, "fc": {"kernel": np.ones(4)}},
+              "batch_stats": {"bn1": {"mean": np.ones(3)}}}
+    with pytest.raises(ValueError, match=r"unexpected params/fc/kernel \(4,\)[\s\S]*missing params/final_layer"):
+        merge_variables(init, loaded, "ckpt")
+    merged = merge_variables(init, loaded, "ckpt", strict=False)
+    np.testing.assert_array_equal(merged["params"]["conv1"]["kernel"], np.ones((3, 3)))
+    np.testing.assert_array_equal(merged["params"]["final_layer"]["kernel"], np.zeros(2))
+    np.testing.assert_array_equal(merged["batch_stats"]["bn1"]["mean"], np.ones(3))
+    assert "fc" not in merged["params"]
+    loaded["params"]["conv1"]["kernel"] = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"conv1/kernel: model has \(3, 3\), ckpt has \(3, 4\)"):
+        merge_variables(init, loaded, "ckpt", strict=False)

@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"              # compute dtype: bfloat16 keeps params, BN stats, estimator, loss f32
     c.num_devices = -1               # -1: every device of every host
     c.init_checkpoint = ""           # variables checkpoint to start from (python -m mlpbnn.convert ...)
+    c.init_strict = True             # False: take the checkpoint's variables the model has (an ImageNet
+                                     # backbone for a pose model), keep the others' init, ignore the rest
     c.progress_bar = True
 
     c.model = ml_collections.ConfigDict({"name": "bireal_resnet18"})  # plus models.create overrides

@@ -116,11 +116,25 @@ def make_mesh(config: Any) -> Mesh:
 
 
 def merge_variables(init: dict[str, Any], loaded: dict[str, Any], source: str,
-                    optional: tuple[str, ...] = ("estimator",)) -> dict[str, Any]:
+                    optional: tuple[str, ...] = ("estimator",), strict: bool = True) -> dict[str, Any]:
     """``init`` with every leaf of ``loaded`` put in its place; shapes must agree and every
-    non-optional collection of ``init`` must be covered completely."""
+    non-optional collection of ``init`` must be covered completely. ``strict=False`` (a backbone
+    for another head, as PyTorch's ``load_state_dict(strict=False)`` in HRNet's and SimpleBaseline's
+    ImageNet initialisation): leaves the model lacks are ignored and the model's leaves the
+    checkpoint lacks keep their init; a leaf of both must still agree in shape."""
     flat_init = flax.traverse_util.flatten_dict(init)
     flat_loaded = flax.traverse_util.flatten_dict(dict(loaded))
+    if not strict:
+        ignored = [p for p in flat_loaded if p not in flat_init]
+        flat_loaded = {p: v for p, v in flat_loaded.items() if p in flat_init}
+        kept = [p for p in flat_init if p not in flat_loaded]
+        def modules(paths: list[tuple]) -> str:  # the top-level modules of variable paths, a few
+            names = sorted({p[1] if len(p) > 1 else p[0] for p in paths})
+            return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "none"
+
+        say(f"{source}: {len(flat_loaded):,} variables loaded, {len(kept):,} of the model kept at their init "
+            f"({modules(kept)}), {len(ignored):,} of the checkpoint ignored ({modules(ignored)})")
+        optional = tuple({p[0] for p in flat_init})
     problems = []
     for path, value in flat_loaded.items():
         if path not in flat_init:
@@ -259,7 +273,8 @@ class Trainer:
                 variables = merge_variables(variables, previous.variables(), "the stage-one state")
             elif config.init_checkpoint:
                 loaded, _ = load_variables(config.init_checkpoint)
-                variables = merge_variables(variables, loaded, f"init_checkpoint {config.init_checkpoint}")
+                variables = merge_variables(variables, loaded, f"init_checkpoint {config.init_checkpoint}",
+                                            strict=config.init_strict)
             # Placed like the rest of the state: an uncommitted scalar would make the second step
             # see a different input sharding and compile the whole train step again.
             state = self._state(variables, tx, key).replace(
