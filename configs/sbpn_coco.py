@@ -33,6 +33,8 @@ def get_config():
     c.estimator.activations = "approx_sign"
     c.estimator.share = True
     c.data.final_boxes = "det"               # needs data.det_file
+    c.init_strict = False                    # --config.init_checkpoint=runs/bireal18/variables: an ImageNet
+                                             # backbone (fc ignored, the head at its init), as HRNet/SB do
     c.batch_size = 128                       # HRNet: 32 per GPU x 4
     c.eval_batch_size = 128
     c.num_epochs = 210
