@@ -5,8 +5,8 @@ SBPN's distillation teacher, in HRNet's COCO recipe (``configs/sbpn_coco.py``).
         --config.data.dir=/data/coco --config.init_checkpoint=runs/imagenet_r50/variables
 
 or convert the released ``pose_resnet_50_256x192.pth.tar`` (70.4 AP with detector boxes) instead
-of training: ``python -m mlpbnn.convert simple_baseline_resnet50 pose_resnet_50_256x192.pth.tar
-runs/sb_r50/variables`` (then ``--config.teacher.checkpoint=runs/sb_r50/variables`` in SBPN).
+of training: ``python -m mlpbnn.convert pose_resnet_50_256x192.pth.tar runs/sb_r50/variables
+--model simple_baseline_resnet50`` (then ``--config.teacher.checkpoint=runs/sb_r50/variables`` in SBPN).
 """
 
 import importlib.util
