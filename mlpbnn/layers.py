@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mlpbnn.conv import conv2d, explicit_padding
+from mlpbnn.conv import conv2d, conv_transpose, explicit_padding
 from mlpbnn.estimators import Estimator, Theta
 
 Array = jax.Array
@@ -263,10 +263,10 @@ class BinaryConvTranspose(nn.Module):
     the scatter form, in which input pixel (y, x) adds ``x[y, x, c] * kernel[i, j, c, o]`` to output
     pixel (s y + i - p, s x + j - p) (outputs outside [0, (H - 1) s + k - 2p) are cropped). Its last
     axis is the output channel, so centring and the scale alpha are per output channel as in
-    ``BinaryConv`` (and fold into the following BatchNorm). The forward is the equivalent
-    convolution of the s-dilated input with the spatially flipped kernel and padding k - 1 - p
-    per side (``lax.conv_general_dilated`` with ``lhs_dilation``; for k=4, s=2, p=1: padding 2,
-    output 2H x 2W, as SimpleBaseline's deconvolutions, arXiv 1804.06208).
+    ``BinaryConv`` (and fold into the following BatchNorm). The result is the convolution of the
+    s-dilated input with the spatially flipped kernel and padding k - 1 - p per side (for k=4,
+    s=2, p=1: padding 2, output 2H x 2W, as SimpleBaseline's deconvolutions, arXiv 1804.06208),
+    computed by ``mlpbnn.conv.conv_transpose`` (on the CPU: sub-pixel phases, im2col kernel gradient).
 
     There is no ``pad_value``: a transposed convolution pads nothing in its scatter form (the
     dilation holes and border are structural zeros that no weight multiplies), so XNOR inference
@@ -320,11 +320,10 @@ class BinaryConvTranspose(nn.Module):
 def conv_transpose_nhwc(x: Array, kernel: Array, strides: tuple[int, int],
                         padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
     """PyTorch's ``conv_transpose2d`` of NHWC ``x`` with the scatter-form kernel (kh, kw, C_in,
-    C_out) and PyTorch padding ``padding`` (cropped per side): the stride-1 convolution of the
-    ``strides``-dilated input with the flipped kernel and padding k - 1 - p (negative: a crop)."""
-    pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], padding, strict=True))
-    return lax.conv_general_dilated(x, kernel[::-1, ::-1], (1, 1), pads, lhs_dilation=strides,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    C_out) and PyTorch padding ``padding`` (cropped per side): ``mlpbnn.conv.conv_transpose``,
+    equal to the stride-1 convolution of the ``strides``-dilated input with the flipped kernel and
+    padding k - 1 - p, but with fast gradients on the CPU backend."""
+    return conv_transpose(x, kernel, strides, padding)
 
 
 class BinaryDense(nn.Module):

@@ -187,3 +187,153 @@ def test_model_gradients_equal_with_both_impls(name):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
                                        atol=1e-5 * float(np.max(np.abs(np.asarray(a)))),
                                        err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------------------ transposed convolution
+
+
+def torch_conv_transpose(x, k, g, strides, padding):
+    """F.conv_transpose2d (float64) and its gradients; asymmetric padding crops the full output."""
+    import torch
+    xt = torch.tensor(np.asarray(x, np.float64).transpose(0, 3, 1, 2), requires_grad=True)
+    wt = torch.tensor(np.asarray(k, np.float64).transpose(2, 3, 0, 1), requires_grad=True)
+    (top, bottom), (left, right) = conv.explicit_padding(padding)
+    y = torch.nn.functional.conv_transpose2d(xt, wt, stride=strides)
+    y = y[:, :, top:y.shape[2] - bottom, left:y.shape[3] - right]
+    y.backward(torch.tensor(np.asarray(g, np.float64).transpose(0, 3, 1, 2)))
+    return y.detach().numpy().transpose(0, 2, 3, 1), xt.grad.numpy().transpose(0, 2, 3, 1), \
+        wt.grad.numpy().transpose(2, 3, 0, 1)
+
+
+def transpose_grads(impl, x, k, strides, padding, ct_seed=99):
+    """y, dx, dk of ``conv_transpose`` (jitted) for a fixed random cotangent."""
+    def f(x, k):
+        return conv.conv_transpose(x, k, strides, padding, impl=impl)
+    shape = jax.eval_shape(f, x, k).shape
+    ct = jnp.asarray(np.random.default_rng(ct_seed).normal(size=shape), x.dtype)
+    y, vjp = jax.jit(lambda x, k: jax.vjp(f, x, k))(x, k)
+    return (y, *vjp(ct)), ct
+
+
+# (kernel, strides, padding, C_in): SimpleBaseline's 4x4 s2 p1 (C_in >= 32: per-tap weight-gradient
+# matmuls, below: the concatenated im2col matrix); k % s != 0 (phases of 2 and 1 taps, odd output);
+# k < s (a phase no tap reaches: zeros); p > k // s (phases that crop the input); asymmetric.
+TRANSPOSE_CASES = [(4, 2, 1, 40), (4, 2, 1, 3), (3, 1, 1, 3), (3, 2, 0, 3), (2, 3, 0, 3), (5, 2, 3, 3),
+                   (2, 2, 1, 3), ((3, 2), (2, 3), ((1, 0), (2, 1)), 3), (1, 1, 0, 3)]
+
+
+@pytest.mark.parametrize("kernel,strides,padding,cin", TRANSPOSE_CASES)
+def test_conv_transpose_matches_lax_and_torch(kernel, strides, padding, cin):
+    """Forward, input and kernel gradients of the phase / im2col form equal lax's input-dilated
+    convolution in float32 and float64 and PyTorch's conv_transpose2d in float64."""
+    kh, kw = conv._pair(kernel, "kernel")
+    rng = np.random.default_rng(7)
+    x64, k64 = rng.normal(size=(2, 6, 5, cin)), rng.normal(size=(kh, kw, cin, 4))
+    x, k = jnp.asarray(x64, jnp.float32), jnp.asarray(k64, jnp.float32)
+    ours, ct = transpose_grads("im2col", x, k, strides, padding)
+    ref, _ = transpose_grads("xla", x, k, strides, padding)
+    assert ours[0].shape == ref[0].shape
+    for a, b in zip(ours, ref, strict=True):
+        assert a.dtype == jnp.float32
+        close(a, b)
+    with jax.enable_x64(True):
+        x, k = jnp.asarray(x64), jnp.asarray(k64)
+        ours, ct = transpose_grads("im2col", x, k, strides, padding)
+        ref, _ = transpose_grads("xla", x, k, strides, padding)
+        torch_ref = torch_conv_transpose(x, k, ct, strides, padding)
+        for a, b, c in zip(ours, ref, torch_ref, strict=True):
+            assert a.dtype == jnp.float64
+            close(a, c, rtol=1e-12)
+            close(b, c, rtol=1e-12)
+
+
+def test_conv_transpose_jit_vmap_and_tiny_maps():
+    """vmap over a leading axis (kernel shared or per example) of the jitted gradients; a 1x1
+    input (the tiny-map im2col forward and input gradient)."""
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(3, 2, 5, 4, 6)).astype(f32))
+    k = jnp.asarray(rng.normal(size=(4, 4, 6, 5)).astype(f32))
+
+    def grad(impl, in_axes):
+        def loss(x, k):
+            return jnp.sum(jnp.sin(conv.conv_transpose(x, k, 2, 1, impl=impl)))
+        return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=in_axes))
+
+    for in_axes, kk in [((0, None), k), ((0, 0), jnp.stack([k * (i + 1) for i in range(3)]))]:
+        for a, b in zip(grad("im2col", in_axes)(x, kk), grad("xla", in_axes)(x, kk), strict=True):
+            close(a, b)
+    xs = jnp.asarray(rng.normal(size=(2, 1, 1, 6)).astype(f32))
+    for a, b in zip(transpose_grads("im2col", xs, k, 2, 1)[0], transpose_grads("xla", xs, k, 2, 1)[0], strict=True):
+        close(a, b)
+
+
+def test_conv_transpose_bfloat16_and_selection(monkeypatch):
+    x, k = data((2, 4, 3, 8), (4, 4, 8, 6), seed=9)
+    (y, dx, dk), _ = transpose_grads("im2col", x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 2, 1)
+    assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
+    for a, b in zip((y, dx, dk), transpose_grads("xla", x, k, 2, 1)[0], strict=True):
+        close(np.asarray(a, f32), b, rtol=3e-2)
+
+    def form(**kw):
+        jaxpr = str(jax.make_jaxpr(lambda x, k: conv.conv_transpose(x, k, 2, 1, **kw))(x, k))
+        return "custom_vjp_call" in jaxpr, "lhs_dilation=(2, 2)" in jaxpr
+
+    monkeypatch.delenv(conv.ENV_VAR, raising=False)
+    assert form() == ((True, False) if jax.default_backend() == "cpu" else (False, True))
+    assert form(impl="im2col") == (True, False)
+    with conv.use_impl("xla"):
+        assert form() == (False, True)
+    # Negative padding (not PyTorch's) takes lax's path and still computes the full output + 1.
+    y = conv.conv_transpose(x, k, 2, -1, impl="im2col")
+    assert y.shape == (2, 12, 10, 6)
+    close(y[:, 2:-2, 2:-2], conv.conv_transpose(x, k, 2, 1, impl="im2col"))
+    with pytest.raises(ValueError, match="channels"):
+        conv.conv_transpose(x, k[:, :, :3])
+    with pytest.raises(ValueError, match="empty"):
+        conv.conv_transpose(x[:, :1, :1], k, 1, 2)
+
+
+def test_flax_conv_input_dilation_drop_in():
+    """nn.Conv(input_dilation=2) with the drop-in is the transposed convolution (flipped kernel,
+    PyTorch padding k - 1 - P), with the same values and gradients as lax's."""
+    x, _ = data((2, 5, 4, 3), (1, 1, 1, 1), seed=10)
+    kw = {"kernel_size": (4, 3), "input_dilation": 2, "padding": ((2, 1), (1, 2)), "use_bias": True}
+    ours, theirs = nn.Conv(4, conv_general_dilated=conv.conv_general_dilated, **kw), nn.Conv(4, **kw)
+    variables = theirs.init(jax.random.key(0), x)
+
+    def loss(module, v, x):
+        return jnp.sum(jnp.sin(module.apply(v, x)))
+
+    with conv.use_impl("im2col"):
+        assert "custom_vjp_call" in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
+        a = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(variables, x)
+    b = jax.grad(lambda v, x: loss(theirs, v, x), argnums=(0, 1))(variables, x)
+    for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        close(u, w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["binary", "real"])
+def test_pose_model_gradients_equal_with_both_impls(head):
+    """SBPN (one backbone stage, 16-channel head): loss and every gradient (deconvolution kernels,
+    the shared estimator's) equal with lax's transposed convolution and the phase / im2col one."""
+    model = models.create("sbpn_resnet18", head=head, width=8, stage_sizes=(1,), small_inputs=True,
+                          deconv_features=16)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
+    target = jax.random.uniform(jax.random.key(1), (2, 48, 40, 17))
+    variables = jax.jit(model.init)(jax.random.key(2, impl="rbg"), x)
+    trainable = {k: v for k, v in variables.items() if k != "batch_stats"}
+
+    def loss(tr):
+        out, _ = model.apply({**tr, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"])
+        return jnp.mean((out - target) ** 2)
+
+    results = {}
+    for impl in ("xla", "im2col"):
+        with conv.use_impl(impl):
+            results[impl] = jax.jit(jax.value_and_grad(loss))(trainable)
+    np.testing.assert_allclose(float(results["im2col"][0]), float(results["xla"][0]), rtol=1e-6)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results["xla"][1]),
+                            jax.tree.leaves(results["im2col"][1]), strict=True):
+        assert float(np.max(np.abs(np.asarray(a)))) > 0, jax.tree_util.keystr(path)
+        close(b, a, rtol=1e-4)
