@@ -1,7 +1,8 @@
 """PyTorch state_dict <-> Flax variables for every model in ``mlpbnn.models``.
 
 Names map by rule, because mlpbnn's modules carry the PyTorch names with ``.`` written as ``_``
-before an index (``layer1.0.downsample.1`` is ``layer1_0/downsample_1``):
+before an index (``layer1.0.downsample.1`` is ``layer1_0/downsample_1``, HRNet's
+``stage3.1.fuse_layers.2.0.1.0`` is ``stage3_1/fuse_layers_2_0_1_0``):
 
     params/.../kernel (4-D, HWIO)     <-> ...weight, OIHW (binary convs: ``binary_conv.weights``)
     params/deconv_layers_N/kernel     <-> deconv_layers.N.weight, ConvTranspose2d's (I, O, kH, kW)
@@ -14,9 +15,12 @@ before an index (``layer1.0.downsample.1`` is ``layer1_0/downsample_1``):
     estimator/input_estimator/w{i}    <-> input_meta_net.network.Linear{i}.weight (mlpbnn's extension)
 
 ``from_torch`` accepts the official BBC checkpoint layout (keys with or without ``module.``, a
-dict with ``state_dict``), torchvision's ResNet keys and the official SimpleBaseline / HRNet-repo
+dict with ``state_dict``), torchvision's ResNet keys, the official SimpleBaseline / HRNet-repo
 ``pose_resnet`` checkpoints (``simple_baseline_resnet*``: torchvision's backbone keys,
-``deconv_layers.{0..8}``, ``final_layer``). Every tensor must be accounted for: a
+``deconv_layers.{0..8}``, ``final_layer``) and HRNet's ``pose_hrnet`` checkpoints (``hrnet_w32``,
+``hrnet_w48``: 1,754 keys with the BN counters). BHRNet (``bhrnet_*``) maps the same way: its
+binary blocks' latent weights are ``...branches.B.K.binary_conv.weights`` and the shared estimator
+``meta_net``, as the BBC ResNets'. Every tensor must be accounted for: a
 missing, unexpected or misshaped tensor raises ``ValueError`` naming the key and both shapes.
 BN ``num_batches_tracked`` counters are checked to belong to a BN layer and are otherwise unused
 (Flax's BN has no counter; ``to_torch`` writes ``num_batches_tracked``).
@@ -48,7 +52,8 @@ Path_ = tuple[str, ...]
 
 
 def _module_name(part: str) -> str:
-    return re.sub(r"_(\d+)$", r".\1", part)
+    """``layer1_0`` -> ``layer1.0``; every index, so ``fuse_layers_2_0_1_0`` -> ``fuse_layers.2.0.1.0``."""
+    return re.sub(r"_(\d+)(?=_|$)", r".\1", part)
 
 
 def torch_key(path: Path_, layout: str) -> str:

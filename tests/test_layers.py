@@ -414,7 +414,8 @@ def test_prelu_gradient_at_zero_matches_torch():
 TINY = {"width": 8, "small_inputs": True, "stage_sizes": (1, 1, 1, 1)}
 
 
-@pytest.mark.parametrize("name", [n for n in models.names() if models.info(n).binary])
+@pytest.mark.parametrize("name", [n for n in models.names()  # the binary ResNets (BHRNet: test_models_hrnet.py)
+                                  if models.info(n).binary and "stage_sizes" in models.info(n).options])
 @pytest.mark.parametrize("kw", [TINY, {}], ids=["tiny", "default"])
 def test_binary_layer_paths_equal_the_complexity_count(name, kw):
     """The layers the complexity count gives 1-bit parameters (the trainer's former source); SBPN's

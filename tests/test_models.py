@@ -19,13 +19,14 @@ CLASSIFIERS = [n for n in models.names() if models.info(n).head == "classifier"]
 
 
 def test_names():
-    assert models.names() == ["bireal_resnet18", "bireal_resnet34", "reactnet_resnet18", "resnet18", "resnet34",
-                              "resnet50", "sbpn_resnet18", "sbpn_resnet34", "simple_baseline_resnet18",
-                              "simple_baseline_resnet34", "simple_baseline_resnet50"]
+    assert models.names() == ["bhrnet_w32", "bhrnet_w48", "bireal_resnet18", "bireal_resnet34", "hrnet_w32",
+                              "hrnet_w48", "reactnet_resnet18", "resnet18", "resnet34", "resnet50", "sbpn_resnet18",
+                              "sbpn_resnet34", "simple_baseline_resnet18", "simple_baseline_resnet34",
+                              "simple_baseline_resnet50"]
 
 
 def test_bad_name_and_option():
-    with pytest.raises(ValueError, match="unknown model 'vgg16'; valid names: bireal_resnet18"):
+    with pytest.raises(ValueError, match="unknown model 'vgg16'; valid names: bhrnet_w32, bhrnet_w48, bireal_resnet18"):
         models.create("vgg16")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['depth'\].*valid: .*small_inputs"):
         models.create("resnet18", depth=3)
@@ -65,19 +66,22 @@ def test_info():
                 "simple_baseline_resnet18": (False, "pose_resnet", "heatmap"),
                 "simple_baseline_resnet34": (False, "pose_resnet", "heatmap"),
                 "simple_baseline_resnet50": (False, "pose_resnet", "heatmap"),
-                "sbpn_resnet18": (True, "bbc", "heatmap"), "sbpn_resnet34": (True, "bbc", "heatmap")}
+                "sbpn_resnet18": (True, "bbc", "heatmap"), "sbpn_resnet34": (True, "bbc", "heatmap"),
+                "hrnet_w32": (False, "pose_hrnet", "heatmap"), "hrnet_w48": (False, "pose_hrnet", "heatmap"),
+                "bhrnet_w32": (True, "bbc", "heatmap"), "bhrnet_w48": (True, "bbc", "heatmap")}
     assert sorted(expected) == models.names()
     for name, (binary, layout, head) in expected.items():
         info = models.info(name)
+        hrnet = "hrnet" in name  # HRNet's own options and head: tests/test_models_hrnet.py
         assert (info.name, info.binary, info.torch_layout, info.head) == (name, binary, layout, head)
         assert info.estimator_fields == (("weight_estimator", "activation_estimator") if binary else ())
-        assert set(info.estimator_fields) <= set(info.options) and "small_inputs" in info.options
-        assert ("head_shortcut" in info.options) == (head == "heatmap")
+        assert set(info.estimator_fields) <= set(info.options) and ("small_inputs" in info.options) != hrnet
+        assert ("head_shortcut" in info.options) == (head == "heatmap" and not hrnet)
         with pytest.raises(AttributeError):  # frozen
             info.binary = not binary
         head_arg = {"num_classes": 10} if head == "classifier" else {"num_joints": 3}
         model = models.create(name, **head_arg, **{f: "ste" for f in info.estimator_fields})  # the fields exist
-        assert isinstance(model, models.HEADS[head])
+        assert isinstance(model, models.HRNetHead if hrnet else models.HEADS[head])
 
 
 # Flattened variable paths and shapes of every registry model, generated from the models as they

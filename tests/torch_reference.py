@@ -485,3 +485,199 @@ class SBPN(BinaryResNetRef):
                 out = out + F.interpolate(short, scale_factor=2, mode="nearest")
             x = act(out)
         return self.final_layer(x)
+
+
+# ------------------------------------------------------------------------------ pose (HRNet, BHRNet)
+# pose_hrnet (Sun et al., arXiv 1902.09212; lib/models/pose_hrnet.py of
+# leoxiaobin/deep-high-resolution-net.pytorch), written from its description (pose.md section 6):
+# stem conv1/bn1/conv2/bn2 (3x3 stride 2, ReLU), layer1 Bottlenecks, transition{s} ModuleLists (None
+# where a branch passes through), stage{s} Sequentials of modules with ``branches`` and
+# ``fuse_layers``, final_layer. The binary variant (mlpbnn's BHRNet) has the BBC blocks in the
+# branches (two per BasicBlock), PReLUs for the stages' ReLUs (``transitionS.B.2``,
+# ``fuse_layers.I.J.K.2``, ``nonlinear.I``) and, with ``binary_fuse``, binary transition and fuse
+# convolutions; one shared ``meta_net``. Sizes are configurable so the tests can run narrow ones.
+
+
+class MetaConvSign(nn.Module):
+    """A binary Conv2d on sign(x) (Bi-Real's activation estimator) with BBC weights (centred per
+    output channel, detached mean |w| scale, the shared meta net's sign); parameter ``weight``."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, padding: int):
+        super().__init__()
+        self.stride, self.padding = stride, padding
+        self.weight = nn.Parameter(torch.empty(cout, cin, k, k))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, x, meta_net):
+        w = self.weight
+        wc = w - w.mean(dim=(1, 2, 3), keepdim=True)
+        scale = wc.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
+        return F.conv2d(binary_activation(x), meta_net(wc) * scale, stride=self.stride, padding=self.padding)
+
+
+def run_sequential(module: nn.Module, x: torch.Tensor, meta_net: nn.Module | None) -> torch.Tensor:
+    """Runs a (nested) Sequential, handing the meta net to the binary layers."""
+    for m in module:
+        if isinstance(m, nn.Sequential):
+            x = run_sequential(m, x, meta_net)
+        elif isinstance(m, MetaConvSign | BBCBlock):
+            x = m(x, meta_net)
+        else:
+            x = m(x)
+    return x
+
+
+class HRModule(nn.Module):
+    """HighResolutionModule: ``branches.B.K`` blocks, ``fuse_layers.I.J`` (None for I = J)."""
+
+    def __init__(self, channels, units, multi_scale_output, binary, binary_fuse):
+        super().__init__()
+        n = len(channels)
+        self.binary = binary
+
+        def conv(cin, cout, k, stride, padding):
+            if binary_fuse:
+                return MetaConvSign(cin, cout, k, stride, padding)
+            return nn.Conv2d(cin, cout, k, stride, padding, bias=False)
+
+        def act(c):
+            return nn.PReLU(c) if binary else nn.ReLU()
+
+        if binary:
+            self.branches = nn.ModuleList(nn.ModuleList(BBCBlock(c, c, 1, None) for _ in range(units))
+                                          for c in channels)
+        else:
+            self.branches = nn.ModuleList(nn.Sequential(*(TVBasic(c, c, 1, None) for _ in range(units)))
+                                          for c in channels)
+        if n == 1:
+            self.fuse_layers = None
+            return
+        fuse = []
+        for i in range(n if multi_scale_output else 1):
+            row = []
+            for j in range(n):
+                if j > i:
+                    row.append(nn.Sequential(conv(channels[j], channels[i], 1, 1, 0), nn.BatchNorm2d(channels[i]),
+                                             nn.Upsample(scale_factor=2 ** (j - i), mode="nearest")))
+                elif j == i:
+                    row.append(None)
+                else:
+                    steps = []
+                    for k in range(i - j):
+                        if k == i - j - 1:
+                            steps.append(nn.Sequential(conv(channels[j], channels[i], 3, 2, 1),
+                                                       nn.BatchNorm2d(channels[i])))
+                        else:
+                            steps.append(nn.Sequential(conv(channels[j], channels[j], 3, 2, 1),
+                                                       nn.BatchNorm2d(channels[j]), act(channels[j])))
+                    row.append(nn.Sequential(*steps))
+            fuse.append(nn.ModuleList(row))
+        self.fuse_layers = nn.ModuleList(fuse)
+        if binary:
+            self.nonlinear = nn.ModuleList(nn.PReLU(channels[i]) for i in range(len(fuse)))
+        else:
+            self.relu = nn.ReLU()
+
+    def forward(self, xs, meta_net):
+        xs = list(xs)
+        for b, branch in enumerate(self.branches):
+            for block in branch:
+                xs[b] = block(xs[b], meta_net) if self.binary else block(xs[b])
+        if self.fuse_layers is None:
+            return xs
+        out = []
+        for i, row in enumerate(self.fuse_layers):
+            y = xs[0] if i == 0 else run_sequential(row[0], xs[0], meta_net)
+            for j in range(1, len(xs)):
+                y = y + (xs[j] if i == j else run_sequential(row[j], xs[j], meta_net))
+            out.append(self.nonlinear[i](y) if self.binary else self.relu(y))
+        return out
+
+
+class PoseHRNet(nn.Module):
+    """pose_hrnet (``binary=False``) or mlpbnn's BHRNet (``binary=True``); NCHW heatmaps at stride 4."""
+
+    def __init__(self, width=32, stage_modules=(1, 4, 3), stage_blocks=4, layer1_blocks=4, stem_width=64,
+                 num_joints=17, binary=False, binary_fuse=False):
+        super().__init__()
+        self.binary = binary
+        self.conv1 = nn.Conv2d(3, stem_width, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.conv2 = nn.Conv2d(stem_width, stem_width, 3, 2, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU()
+        blocks, inplanes = [], stem_width
+        for j in range(layer1_blocks):
+            down = None
+            if j == 0:
+                down = nn.Sequential(nn.Conv2d(inplanes, stem_width * 4, 1, bias=False), nn.BatchNorm2d(stem_width * 4))
+            blocks.append(TVBottleneck(inplanes, stem_width, 1, down))
+            inplanes = stem_width * 4
+        self.layer1 = nn.Sequential(*blocks)
+
+        def conv(cin, cout, stride):
+            if binary and binary_fuse:
+                return MetaConvSign(cin, cout, 3, stride, 1)
+            return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+        def act(c):
+            return nn.PReLU(c) if binary else nn.ReLU()
+
+        previous = [inplanes]
+        self.num_stages = len(stage_modules)
+        for s, n_modules in enumerate(stage_modules):
+            channels = [width * 2 ** b for b in range(s + 2)]
+            transition = []
+            for b, c in enumerate(channels):
+                if b < len(previous):
+                    transition.append(None if c == previous[b] else
+                                      nn.Sequential(conv(previous[b], c, 1), nn.BatchNorm2d(c), act(c)))
+                else:
+                    steps = []
+                    for k in range(b + 1 - len(previous)):
+                        out = c if k == b - len(previous) else previous[-1]
+                        steps.append(nn.Sequential(conv(previous[-1], out, 2), nn.BatchNorm2d(out), act(out)))
+                    transition.append(nn.Sequential(*steps))
+            setattr(self, f"transition{s + 1}", nn.ModuleList(transition))
+            last = s == len(stage_modules) - 1
+            units = stage_blocks * (2 if binary else 1)
+            setattr(self, f"stage{s + 2}", nn.Sequential(*(
+                HRModule(channels, units, not (last and m == n_modules - 1), binary, binary and binary_fuse)
+                for m in range(n_modules))))
+            previous = channels
+        self.final_layer = nn.Conv2d(width, num_joints, 1)
+        if binary:
+            self.meta_net = MetaNet()
+
+    def forward(self, x):
+        meta_net = getattr(self, "meta_net", None)
+        if meta_net is not None and not torch.is_grad_enabled():
+            # The meta net's forward value is sign(w) (its network only shapes the gradient): without
+            # gradients, skip evaluating its 1 -> 100 -> 2 network on every latent weight.
+            meta_net = hard_sign
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        xs = [self.layer1(x)]
+        for s in range(self.num_stages):
+            # pose_hrnet applies every transition to the previous stage's last output
+            xs = [xs[b] if t is None else run_sequential(t, xs[-1], meta_net)
+                  for b, t in enumerate(getattr(self, f"transition{s + 1}"))]
+            for module in getattr(self, f"stage{s + 2}"):
+                xs = module(xs, meta_net)
+        return self.final_layer(xs[0])
+
+
+def calibrate_batch_norm(model: nn.Module, x: torch.Tensor) -> None:
+    """Running statistics = one training batch's (mean, unbiased variance), so that eval-mode
+    outputs of a deep random network stay O(1); the momentum is restored afterwards."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after one batch, that batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()

@@ -22,18 +22,20 @@ import flax.linen as nn
 
 from mlpbnn import estimators
 from mlpbnn.models.heads import Classifier
+from mlpbnn.models.hrnet import BinaryHRNetBackbone, HRNetBackbone, HRNetHead
 from mlpbnn.models.resnet import BinaryResNetBackbone, ResNetBackbone
 from mlpbnn.models.simple_baseline import HEAD_TYPES, SimpleBaseline
 
-__all__ = ["ESTIMATOR_FIELDS", "HEAD_ARGS", "HEADS", "TORCH_LAYOUTS", "Classifier", "ModelInfo", "SimpleBaseline",
-           "create", "create_backbone", "info", "names"]
+__all__ = ["ESTIMATOR_FIELDS", "HEAD_ARGS", "HEADS", "TORCH_LAYOUTS", "Classifier", "HRNetHead", "ModelInfo",
+           "SimpleBaseline", "create", "create_backbone", "info", "names"]
 
 ESTIMATOR_FIELDS = ("weight_estimator", "activation_estimator")
-TORCH_LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet")
+TORCH_LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet", "pose_hrnet")
 # The head kinds, the class of each and the argument ``create`` takes for it (the task's
-# ``model_args()``).
+# ``model_args()``); a registry entry may name another class of its kind (HRNet's final layer).
 HEADS = {"classifier": Classifier, "heatmap": SimpleBaseline}
 HEAD_ARGS = {"classifier": "num_classes", "heatmap": "num_joints"}
+_BINARY_BACKBONES = (BinaryResNetBackbone, BinaryHRNetBackbone)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +49,10 @@ class ModelInfo:
       binary: whether it has binary layers (takes estimators, two-stage training applies).
       torch_layout: the PyTorch state_dict layout ``mlpbnn.convert`` maps to: 'torchvision'
         (torchvision's ResNets), 'bbc' (the official BBC/Bi-Real code, ``binary_conv.weights`` and
-        ``meta_net``), 'reactnet' (ReActNet's code) or 'pose_resnet' (SimpleBaseline's: torchvision
-        names plus ``deconv_layers`` and ``final_layer``); heads add their keys by the same rule.
+        ``meta_net``), 'reactnet' (ReActNet's code), 'pose_resnet' (SimpleBaseline's: torchvision
+        names plus ``deconv_layers`` and ``final_layer``) or 'pose_hrnet' (HRNet's
+        ``lib/models/pose_hrnet.py``); heads add their keys by the same rule. BHRNet is 'bbc':
+        pose_hrnet's names with the BBC blocks' ``binary_conv.weights`` and ``meta_net``.
       estimator_fields: the options that take an estimator (empty for full-precision models).
       options: every option ``create`` accepts as an override (``create_backbone`` takes those of
         the backbone: all but the head's).
@@ -64,10 +68,13 @@ class ModelInfo:
 
 _STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 _BINARY_STAGES = {18: (4, 4, 4, 4), 34: (6, 8, 12, 6)}  # one conv per block: twice the blocks
-_BIREAL = {"variant": "bireal", "weight_estimator": "mlp", "activation_estimator": "approx_sign"}
+_ESTIMATORS = {"weight_estimator": "mlp", "activation_estimator": "approx_sign"}
+_BIREAL = {"variant": "bireal", **_ESTIMATORS}
 
 # name -> (backbone class, defaults, PyTorch key layout, head kind, head defaults)
 _Entry = tuple[type[nn.Module], dict[str, Any], str, str, dict[str, Any]]
+# The head class of the entries whose head is not their kind's default (HEADS).
+_HEAD_CLASSES: dict[str, type[nn.Module]] = {}
 _REGISTRY: dict[str, _Entry] = {
     "resnet18": (ResNetBackbone, {"stage_sizes": _STAGES[18], "block": "basic"}, "torchvision", "classifier", {}),
     "resnet34": (ResNetBackbone, {"stage_sizes": _STAGES[34], "block": "basic"}, "torchvision", "classifier", {}),
@@ -95,7 +102,13 @@ _REGISTRY: dict[str, _Entry] = {
                       {"head": "binary"}),
     "sbpn_resnet34": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[34], **_BIREAL}, "bbc", "heatmap",
                       {"head": "binary"}),
+    # HRNet (arXiv 1902.09212; lib/models/pose_hrnet.py) and BHRNet, its binary twin (models/hrnet.py).
+    "hrnet_w32": (HRNetBackbone, {"width": 32}, "pose_hrnet", "heatmap", {}),
+    "hrnet_w48": (HRNetBackbone, {"width": 48}, "pose_hrnet", "heatmap", {}),
+    "bhrnet_w32": (BinaryHRNetBackbone, {"width": 32, **_ESTIMATORS}, "bbc", "heatmap", {}),
+    "bhrnet_w48": (BinaryHRNetBackbone, {"width": 48, **_ESTIMATORS}, "bbc", "heatmap", {}),
 }
+_HEAD_CLASSES.update({name: HRNetHead for name in ("hrnet_w32", "hrnet_w48", "bhrnet_w32", "bhrnet_w48")})
 
 
 def names() -> list[str]:
@@ -111,19 +124,24 @@ def _options(cls: type[nn.Module]) -> tuple[str, ...]:
     return tuple(sorted({f.name for f in dataclasses.fields(cls)} - {"parent", "name"}))
 
 
-def _head_options(head: str) -> tuple[str, ...]:
+def _head_class(name: str) -> type[nn.Module]:
+    return _HEAD_CLASSES.get(name, HEADS[_REGISTRY[name][3]])
+
+
+def _head_options(name: str) -> tuple[str, ...]:
     """The head module's own options (not the backbone, not the head argument)."""
-    return tuple(o for o in _options(HEADS[head]) if o not in ("backbone", HEAD_ARGS[head]))
+    head = _REGISTRY[name][3]
+    return tuple(o for o in _options(_head_class(name)) if o not in ("backbone", HEAD_ARGS[head]))
 
 
 def info(name: str) -> ModelInfo:
     """Registry metadata of model ``name`` (ValueError naming the valid names if unknown)."""
     _check(name)
     cls, _, layout, head, _ = _REGISTRY[name]
-    binary = cls is BinaryResNetBackbone
+    binary = issubclass(cls, _BINARY_BACKBONES)
     return ModelInfo(name=name, head=head, binary=binary, torch_layout=layout,
                      estimator_fields=ESTIMATOR_FIELDS if binary else (),
-                     options=tuple(sorted(_options(cls) + _head_options(head))))
+                     options=tuple(sorted(_options(cls) + _head_options(name))))
 
 
 def create_backbone(name: str, **overrides: Any) -> nn.Module:
@@ -140,8 +158,9 @@ def create_backbone(name: str, **overrides: Any) -> nn.Module:
     for field in ESTIMATOR_FIELDS:
         if field in kwargs:
             kwargs[field] = estimators.resolve(kwargs[field])
-    if "stage_sizes" in kwargs:
-        kwargs["stage_sizes"] = tuple(kwargs["stage_sizes"])
+    for field in ("stage_sizes", "stage_modules"):
+        if field in kwargs:
+            kwargs[field] = tuple(kwargs[field])
     return cls(**kwargs)
 
 
@@ -163,14 +182,15 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     if wrong:
         raise ValueError(f"model {name!r} has a {head} head: {', '.join(wrong)} is not its argument; "
                          f"valid: {HEAD_ARGS[head]}")
-    head_fields = _head_options(head)
+    head_fields = _head_options(name)
     unknown = sorted(set(kwargs) - set(_options(cls)) - set(head_fields))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {', '.join(info(name).options)}")
     head_kwargs = {**head_defaults, **{k: kwargs.pop(k) for k in head_fields if k in kwargs}}
-    if head == "heatmap":
-        _check_heatmap_head(name, head_kwargs.get("head", "real"), cls is BinaryResNetBackbone)
-    return HEADS[head](create_backbone(name, **kwargs), **head_args, **head_kwargs)
+    head_cls = _head_class(name)
+    if head_cls is SimpleBaseline:
+        _check_heatmap_head(name, head_kwargs.get("head", "real"), issubclass(cls, _BINARY_BACKBONES))
+    return head_cls(create_backbone(name, **kwargs), **head_args, **head_kwargs)
 
 
 def _check_heatmap_head(name: str, kind: Any, binary: bool) -> None:
