@@ -1,5 +1,6 @@
 """Complexity: the published figures at 224 px, and counts that follow the model itself."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -134,3 +135,73 @@ def test_cli_heatmap_models_and_markdown(capsys):
         complexity.main(["resnet18", "--num-joints", "17"])
     with pytest.raises(SystemExit, match=r"^error: input must be HEIGHTxWIDTH"):
         complexity.main(["resnet18", "--input", "256by192"])
+
+
+@functools.cache
+def _pose_report(spec: str):
+    name, options = complexity.parse_model(spec)
+    return complexity.count(models.create(name, **options), (256, 192, 3), name=spec)
+
+
+def _hrnet_part(path: str) -> str:
+    """HRNet's parts as pose.md section 1.2 lists them."""
+    if path.startswith(("transition2", "transition3")):
+        return "transitions 2+3"
+    for prefix, part in (("conv1", "conv1"), ("conv2", "conv2"), ("layer1", "layer1"), ("transition1", "transition1"),
+                         ("final_layer", "final")):
+        if path.startswith(prefix):
+            return part
+    stage, rest = path.split("/")[:2]
+    return "fuse" if rest.startswith("fuse_layers") else stage.split("_")[0] + " branches"
+
+
+def test_hrnet_params_and_true_macs_at_256x192(capsys):
+    """pose.md section 1.2: parameters exactly (HRNet's README: 28.5M, 63.6M), true conv MACs
+    7.645 G / 15.692 G (the README's 7.1 / 14.6 "GFLOPs" are MACs in units of 2^30), and where
+    W32's MACs are, part by part."""
+    complexity.main(["hrnet_w32", "--input", "256x192", "--json"])
+    out = capsys.readouterr().out
+    assert '"params": 28536113' in out and '"flops": 7645' in out and '"bops": 0' in out
+    for name, params, macs, readme in [("hrnet_w32", 28_536_113, 7.645e9, 7.1),
+                                       ("hrnet_w48", 63_595_745, 15.692e9, 14.6)]:
+        r = _pose_report(name)
+        assert r.params == params and r.bops == 0 and r.params_1bit == 0, name
+        assert round(r.flops / 1e6) == round(macs / 1e6), (name, r.flops)
+        assert round(r.flops / 2**30, 1) == readme
+    parts: dict[str, int] = {}
+    for layer in _pose_report("hrnet_w32").layers:
+        if layer.kind == "Conv":
+            parts[_hrnet_part(layer.path)] = parts.get(_hrnet_part(layer.path), 0) + layer.real_macs
+    assert {k: round(v / 1e6) for k, v in parts.items() if k != "final"} == {
+        "conv1": 21, "conv2": 113, "layer1": 868, "transition1": 340, "stage2 branches": 453,
+        "stage3 branches": 2718, "stage4 branches": 2718, "fuse": 384, "transitions 2+3": 28}
+    assert round(parts["final"] / 1e5) == 17
+
+
+@pytest.mark.slow
+def test_bhrnet_ops_and_size_at_256x192():
+    """BHRNet's binary convolutions are HRNet's stage 2-4 BasicBlock convolutions (5.889 G BOPs for
+    W32), everything else counts as FLOPs; binary_fuse moves the transitions' and fuse layers' MACs
+    to the BOPs. OPs = FLOPs + BOPs/64, size with 1-bit binary weights."""
+    fp, default, fuse = (_pose_report(s) for s in ("hrnet_w32", "bhrnet_w32", "bhrnet_w32:binary_fuse=True"))
+    macs = {}
+    for layer in fp.layers:
+        if layer.kind == "Conv":
+            part = _hrnet_part(layer.path)
+            macs[part] = macs.get(part, 0) + layer.real_macs
+    branches = sum(v for k, v in macs.items() if k.endswith("branches"))
+    fuse_macs = macs["transition1"] + macs["transitions 2+3"] + macs["fuse"]
+    assert default.bops == branches and round(default.bops / 1e6) == 5889
+    assert default.flops == fp.flops - branches and round(default.flops / 1e6) == 1756
+    assert fuse.bops == branches + fuse_macs and fuse.flops == fp.flops - branches - fuse_macs
+    assert round(fuse.flops / 1e6) == 1004  # stem, layer1, final layer
+    for r, ops in ((default, 1.848e9), (fuse, 1.108e9)):
+        assert math.isclose(r.ops, r.flops + r.bops / 64) and round(r.ops / 1e6) == round(ops / 1e6)
+        assert r.size_bytes == r.params_1bit / 8 + r.params_32bit * 4
+    # Binary kernels: the BasicBlocks' 3x3 kernels (same count as HRNet's); PReLU slopes are the new params.
+    fp_branch_params = sum(x.params_32bit for x in fp.layers if "/branches_" in x.path and x.kind == "Conv")
+    assert default.params_1bit == fp_branch_params == 25_362_432
+    prelus = sum(x.params_32bit for x in default.layers if x.kind == "PReLU")
+    assert default.params == fp.params + prelus == 28_558_481
+    assert fuse.params == default.params and round(default.size_bytes / 2**20, 2) == 15.22
+    assert round(fuse.size_bytes / 2**20, 2) == 4.88
