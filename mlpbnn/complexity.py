@@ -20,9 +20,11 @@ reported apart.
 
     python -m mlpbnn.complexity bireal_resnet18 [--image-size 224 | --input 256x192] [--elementwise]
     python -m mlpbnn.complexity simple_baseline_resnet50 sbpn_resnet18 sbpn_resnet18:head=real --input 256x192
+    python -m mlpbnn.complexity hrnet_w32 bhrnet_w32 bhrnet_w32:binary_fuse=True --input 256x192
 
-A model is ``NAME`` or ``NAME:key=value,...`` (options of ``models.create``); several models print
-one Markdown row of totals each (``--markdown`` does so for one).
+A model is ``NAME`` or ``NAME:key=value,...`` (options of ``models.create``; a value may be a
+tuple, ``hrnet_w32:width=8,stage_modules=(1,1,1)``); several models print one Markdown row of
+totals each (``--markdown`` does so for one).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import ast
 import dataclasses
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -196,7 +199,7 @@ def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
     """``NAME`` or ``NAME:key=value,...`` -> (name, options); values are Python literals or strings."""
     name, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^()\[\]]*[)\]])", rest)):  # not the commas inside (...) or [...]
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"model option {item!r} in {spec!r} is not key=value")

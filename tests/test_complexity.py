@@ -133,6 +133,8 @@ def test_cli_heatmap_models_and_markdown(capsys):
     assert out[2].startswith("| sbpn_resnet18 | 64x48 |") and out[3].startswith("| sbpn_resnet18:head='real' |")
     with pytest.raises(SystemExit, match=r"^error: model 'resnet18' has a classifier head: num_joints"):
         complexity.main(["resnet18", "--num-joints", "17"])
+    assert complexity.parse_model("hrnet_w32:width=8,stage_modules=(1, 2),x=[3,4],y=a") == (
+        "hrnet_w32", {"width": 8, "stage_modules": (1, 2), "x": [3, 4], "y": "a"})
     with pytest.raises(SystemExit, match=r"^error: input must be HEIGHTxWIDTH"):
         complexity.main(["resnet18", "--input", "256by192"])
 

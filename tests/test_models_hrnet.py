@@ -211,6 +211,8 @@ def test_registry_entries():
     with pytest.raises(ValueError, match="stage_modules"):
         jax.eval_shape(models.create("hrnet_w32", stage_modules=(1, 0)).init, jax.random.key(0),
                        jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(ValueError, match="an input of 64x48 gives a 16x12 stride-4 map.* multiples of 32"):
+        jax.eval_shape(models.create("hrnet_w32", **NARROW).init, jax.random.key(0), jnp.zeros((1, 64, 48, 3)))
     backbone = models.create_backbone("hrnet_w48", **{**NARROW, "width": 6})
     out = jax.eval_shape(backbone.init_with_output, jax.random.key(0), jnp.zeros((1, 64, 32, 3)))[0]
     assert [o.shape for o in out] == [(1, 16, 8, 6)]  # the last module fuses into branch 0 only

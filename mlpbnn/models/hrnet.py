@@ -195,9 +195,15 @@ class HRNetBackbone(nn.Module):
         make_conv = _make_conv(conv, fuse_binary_conv, progress)
         act = _make_activation(prelu)
 
+        size = x.shape[1:3]
         x = x.astype(self.dtype)
         x = nn.relu(norm(name="bn1")(conv(self.stem_width, (3, 3), 2, 1, name="conv1")(x)))
         x = nn.relu(norm(name="bn2")(conv(self.stem_width, (3, 3), 2, 1, name="conv2")(x)))
+        factor = 2 ** len(self.stage_modules)  # the lowest branch's upsampling must meet branch 0 exactly
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"an input of {size[0]}x{size[1]} gives a {x.shape[1]}x{x.shape[2]} stride-4 map, which "
+                             f"{len(self.stage_modules)} halvings cannot bring back by nearest upsampling: use a "
+                             f"height and width that are multiples of {4 * factor}")
         for j in range(self.layer1_blocks):
             x = Bottleneck(self.stem_width, conv, norm, downsample=j == 0, name=f"layer1_{j}")(x)
         xs, previous = [x], (self.stem_width * Bottleneck.expansion,)
