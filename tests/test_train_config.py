@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from mlpbnn import models
 from mlpbnn.train import ConfigError
 from mlpbnn.train.config import validate
 from tests.utils_train import cli, tiny
@@ -42,3 +45,21 @@ def test_bad_config_from_the_command_line_fails_before_compiling(tmp_path):
     assert out.returncode != 0
     assert "error: config.model.name: 'resnet7' is not valid" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_every_config_file_is_valid(path, tmp_path):
+    """Every recipe in configs/ loads and passes validation on 8 devices (what train.py checks first;
+    the ImageNet ones given a folder for their tars)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if config.data.name == "imagenet":
+        config.data.manual_dir = str(tmp_path)
+    validate(config, 8)
+    if config.task == "keypoints":
+        assert models.info(config.model.name).head == "heatmap"
