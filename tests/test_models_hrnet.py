@@ -36,10 +36,10 @@ def key(seed: int) -> jax.Array:
 
 
 def reference(name: str, num_joints: int = 17, binary_fuse: bool = False, float64: bool = False,
-              calibrate: bool = True, **kw) -> torch.nn.Module:
-    """The PyTorch reference of ``name`` (``kw``: NARROW's sizes), in eval mode, with random BN
-    affine parameters, PReLU slopes and final_layer bias, and running statistics of a random
-    128x96 batch (a deep random network's eval outputs stay O(1); they are not the test input's)."""
+              **kw) -> torch.nn.Module:
+    """The PyTorch reference of ``name`` (``kw``: NARROW's sizes) in eval mode, with random BN
+    affine parameters and running statistics, PReLU slopes and final_layer bias (the full
+    networks' heatmaps stay O(10) with them)."""
     torch.manual_seed(0)
     width = kw.pop("width", 48 if name.endswith("48") else 32)
     net = ref.PoseHRNet(width, num_joints=num_joints, binary=name.startswith("bhrnet"), binary_fuse=binary_fuse,
@@ -47,13 +47,7 @@ def reference(name: str, num_joints: int = 17, binary_fuse: bool = False, float6
     ref.randomize_batch_norm(net)
     with torch.no_grad():
         net.final_layer.bias.uniform_(-0.1, 0.1)
-    if float64:
-        net = net.double()
-    if calibrate:
-        x = torch.randn(2, 3, 128, 96, dtype=torch.float64 if float64 else torch.float32,
-                        generator=torch.Generator().manual_seed(1))
-        ref.calibrate_batch_norm(net, x)
-    return net.eval()
+    return (net.double() if float64 else net).eval()
 
 
 def heatmaps(name: str, net: torch.nn.Module, float64: bool, **model_kw) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +67,7 @@ def test_hrnet_w32_heatmaps_equal_pose_hrnet_at_256x192():
     """The full hrnet_w32 (28.5 M parameters) in float32: equal heatmaps (64x48x17) to the PyTorch
     pose_hrnet. Gradients are compared on the narrow network below (same code path, float64)."""
     heat_j, heat_t = heatmaps("hrnet_w32", reference("hrnet_w32"), float64=False)
-    assert heat_j.shape == (1, 64, 48, 17) and heat_t.std() > 0.1
+    assert heat_j.shape == (1, 64, 48, 17) and heat_t.std() > 1
     np.testing.assert_allclose(heat_j, heat_t, rtol=1e-4, atol=1e-4 * np.abs(heat_t).max())
 
 
@@ -84,7 +78,7 @@ def test_bhrnet_w32_heatmaps_equal_the_reference_at_256x192_float64():
     PReLUs). Gradients, the estimator's included, are compared on the narrow network below."""
     with jax.enable_x64(True):
         heat_j, heat_t = heatmaps("bhrnet_w32", reference("bhrnet_w32", float64=True), float64=True)
-    assert heat_j.shape == (1, 64, 48, 17) and heat_t.std() > 0.1
+    assert heat_j.shape == (1, 64, 48, 17) and heat_t.std() > 1
     np.testing.assert_allclose(heat_j, heat_t, rtol=1e-9, atol=1e-9 * np.abs(heat_t).max())
 
 
@@ -99,7 +93,7 @@ def gradient_parity(name: str, binary_fuse: bool = False, float64: bool = True) 
     gradients of every parameter, the shared estimator's included."""
     kw = {**GRAD, **({"binary_fuse": True} if binary_fuse else {})}
     dtype = np.float64 if float64 else np.float32
-    net = reference(name, binary_fuse=binary_fuse, float64=float64, calibrate=False, **GRAD)
+    net = reference(name, binary_fuse=binary_fuse, float64=float64, **GRAD)
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (1, *HW, 3)).astype(dtype)
     target = rng.uniform(0, 1, (1, HW[0] // 4, HW[1] // 4, 17)).astype(dtype)
@@ -146,7 +140,7 @@ def test_gradient_parity_at_256x192(name, binary_fuse, float64):
 def test_round_trip_of_the_full_pose_hrnet_state_dict_is_exact():
     """pose.md section 6: 1,754 keys with num_batches_tracked; ``module.`` prefixes accepted; the
     keys, shapes and values come back exactly and load strictly into the reference."""
-    net = reference("hrnet_w32", calibrate=False)
+    net = reference("hrnet_w32")
     sd = net.state_dict()
     assert len(sd) == 1754
     assert tuple(sd["transition3.3.0.0.weight"].shape) == (256, 128, 3, 3)
@@ -163,7 +157,7 @@ def test_round_trip_of_the_full_pose_hrnet_state_dict_is_exact():
 
 @pytest.mark.parametrize("binary_fuse", [False, True])
 def test_bhrnet_round_trip_is_exact(binary_fuse):
-    net = reference("bhrnet_w32", binary_fuse=binary_fuse, calibrate=False, num_joints=5, **NARROW)
+    net = reference("bhrnet_w32", binary_fuse=binary_fuse, num_joints=5, **NARROW)
     sd = net.state_dict()
     kw = {**NARROW, "binary_fuse": binary_fuse}
     variables = convert.from_torch("bhrnet_w32", sd, **kw)
@@ -177,7 +171,7 @@ def test_bhrnet_round_trip_is_exact(binary_fuse):
 
 
 def test_errors_name_key_and_shapes():
-    sd = reference("hrnet_w32", calibrate=False, **NARROW).state_dict()
+    sd = reference("hrnet_w32", **NARROW).state_dict()
     bad = {k: v for k, v in sd.items() if k != "stage3.0.fuse_layers.2.1.0.1.running_var"}
     bad["stage4.1.fuse_layers.1.0.0.0.weight"] = torch.zeros(8, 4, 3, 3)  # stage4's last module fuses into 0 only
     bad["transition2.2.0.0.weight"] = sd["transition2.2.0.0.weight"].transpose(0, 1)
@@ -191,7 +185,7 @@ def test_errors_name_key_and_shapes():
             "params/transition2_2_0_0/kernel, got (8, 16, 3, 3)") in msg
     with pytest.raises(ValueError, match=r"^model 'hrnet_w32' has a heatmap head: num_classes"):
         convert.from_torch("hrnet_w32", sd, 10, **NARROW)
-    bhr = reference("bhrnet_w32", calibrate=False, **NARROW).state_dict()
+    bhr = reference("bhrnet_w32", **NARROW).state_dict()
     with pytest.raises(ValueError, match=r"unexpected: stage2\.0\.branches\.0\.0\.binary_conv\.weights"):
         convert.from_torch("hrnet_w32", bhr, **NARROW)  # a BHRNet checkpoint is not an HRNet one
 

@@ -666,18 +666,3 @@ class PoseHRNet(nn.Module):
                 xs = module(xs, meta_net)
         return self.final_layer(xs[0])
 
-
-def calibrate_batch_norm(model: nn.Module, x: torch.Tensor) -> None:
-    """Running statistics = one training batch's (mean, unbiased variance), so that eval-mode
-    outputs of a deep random network stay O(1); the momentum is restored afterwards."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: after one batch, that batch's statistics
-    model.train()
-    with torch.no_grad():
-        model(x)
-    for m, momentum in zip(bns, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
