@@ -31,6 +31,17 @@ NARROW = {"width": 4, "stage_modules": (1, 1, 2), "stage_blocks": 1, "layer1_blo
 GRAD = {**NARROW, "stage_modules": (1, 1, 1), "layer1_blocks": 1}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """PyTorch on one thread here: its float64 convolutions (the slow im2col path) took 56-61 s
+    instead of 1.4 s for the BHRNet-W32 forward with 2 threads on the shared 2-core machine under
+    load (OpenMP threads spinning for a core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")  # XLA:CPU compiles inits with threefry keys much slower
 
