@@ -1,4 +1,5 @@
-"""Shared helpers for benchmarks: interleaved timing, machine description, JSON output."""
+"""Shared helpers for benchmarks: interleaved timing, machine description, JSON output, and a
+heatmap model's real keypoints training step."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,3 +65,58 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def estimator_options(name: str) -> dict[str, Any]:
+    """The estimators a binary model is trained with in these benches (BBC's MLP on weights,
+    ApproxSign on activations; arXiv 2205.07433); {} for a full-precision model."""
+    from mlpbnn import models
+
+    return {"weight_estimator": "mlp", "activation_estimator": "approx_sign"} if models.info(name).binary else {}
+
+
+def heatmap_step(name: str, height: int, width: int, batch: int, total_steps: int = 1000, num_joints: int = 17,
+                 **options: Any) -> tuple[Callable[[], Any], dict[str, float]]:
+    """(a zero-argument function running one step of the project's keypoints training of heatmap
+    model ``name`` on a fixed random batch, {'init_s', 'compile_s'}): ``make_train_step`` (loss,
+    metrics, flip ratio, nonfinite check) with the Keypoints task and ``mlpbnn.train.optim``'s
+    partitioned Adam (the trainer's optimizer; its step reads the learning rates from that
+    optimizer's state), jitted with the state donated and compiled ahead of time. ``options`` go
+    to ``models.create`` after ``estimator_options(name)``."""
+    import jax.numpy as jnp
+
+    from mlpbnn import layers, models
+    from mlpbnn.tasks.keypoints import Keypoints
+    from mlpbnn.train import optim
+    from mlpbnn.train.config import base_config, keypoints_config
+    from mlpbnn.train.step import TrainState, make_train_step
+
+    t0 = time.perf_counter()
+    model = models.create(name, num_joints=num_joints, **{**estimator_options(name), **options})
+    heatmap_shape = (height // 4, width // 4, num_joints)
+    task = Keypoints(coco=None, heatmap_shape=heatmap_shape)
+    rng = np.random.default_rng(0)
+    data = {"images": jnp.asarray(rng.normal(size=(batch, height, width, 3)).astype(np.float32)),
+            "heatmaps": jnp.asarray(rng.uniform(0, 1, (batch, *heatmap_shape)).astype(np.float32)),
+            "target_weight": jnp.ones((batch, num_joints), jnp.float32)}
+    probe = data["images"][:1]
+    variables = model.init(jax.random.key(0), probe, train=False)
+    trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
+    config = keypoints_config(base_config())  # Adam 1e-3, constant, for the model and the estimator
+    tx, _ = optim.make(config, trainable, layers.binary_layer_paths(model, probe, train=False), total_steps,
+                       steps_per_epoch=total_steps)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables.get("batch_stats", {}), estimator=trainable["estimator"],
+                       opt_state=tx.init(trainable), rng=jax.random.PRNGKey(0))
+    block(state)
+    t1 = time.perf_counter()
+    step = make_train_step(model, tx, task, total_steps=total_steps, teacher=None)
+    compiled = jax.jit(step, donate_argnums=0).lower(state, data, None).compile()
+    t2 = time.perf_counter()
+    holder = [state]
+
+    def run():
+        holder[0], metrics = compiled(holder[0], data, None)
+        return metrics["loss"]
+
+    return run, {"init_s": t1 - t0, "compile_s": t2 - t1}

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.common import write_json
+from bench.common import heatmap_step, write_json
 from mlpbnn.data import imagenet
 from mlpbnn.data.base import Dataset
 
@@ -196,45 +196,9 @@ def worker_counts(text: str) -> list[int]:
 
 
 def sbpn_step(height: int, width: int, batch: int, total_steps: int = 1000) -> Callable[[], Any]:
-    """A zero-argument function running one step of the project's keypoints training on a fixed
-    batch: ``make_train_step`` (loss, metrics, flip ratio, nonfinite check) of ``sbpn_resnet18`` with
-    the Keypoints task and ``mlpbnn.train.optim``'s partitioned Adam (the trainer's optimizer; its step
-    reads the learning rates from that optimizer's state), jitted with the state donated."""
-    import jax
-    import jax.numpy as jnp
-
-    from mlpbnn import layers, models
-    from mlpbnn.tasks.keypoints import Keypoints
-    from mlpbnn.train import optim
-    from mlpbnn.train.config import base_config, keypoints_config
-    from mlpbnn.train.step import TrainState, make_train_step
-
-    model = models.create("sbpn_resnet18", num_joints=NUM_JOINTS, head="binary", weight_estimator="mlp",
-                          activation_estimator="approx_sign")
-    heatmap_shape = (height // 4, width // 4, NUM_JOINTS)
-    task = Keypoints(coco=None, heatmap_shape=heatmap_shape)
-    rng = np.random.default_rng(0)
-    data = {"images": jnp.asarray(rng.normal(size=(batch, height, width, 3)).astype(np.float32)),
-            "heatmaps": jnp.asarray(rng.uniform(0, 1, (batch, *heatmap_shape)).astype(np.float32)),
-            "target_weight": jnp.ones((batch, NUM_JOINTS), jnp.float32)}
-    probe = data["images"][:1]
-    variables = model.init(jax.random.key(0), probe, train=False)
-    trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
-    config = keypoints_config(base_config())  # Adam 1e-3, constant, for the model and the estimator
-    tx, _ = optim.make(config, trainable, layers.binary_layer_paths(model, probe, train=False), total_steps,
-                       steps_per_epoch=total_steps)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables.get("batch_stats", {}), estimator=trainable["estimator"],
-                       opt_state=tx.init(trainable), rng=jax.random.PRNGKey(0))
-    step = make_train_step(model, tx, task, total_steps=total_steps, teacher=None)
-    compiled = jax.jit(step, donate_argnums=0).lower(state, data, None).compile()
-    holder = [state]
-
-    def run():
-        holder[0], metrics = compiled(holder[0], data, None)
-        return metrics["loss"]
-
-    return run
+    """One step of ``sbpn_resnet18``'s keypoints training (binary head, MLP estimator, ApproxSign) on a
+    fixed batch: ``bench.common.heatmap_step``'s function."""
+    return heatmap_step("sbpn_resnet18", height, width, batch, total_steps, head="binary")[0]
 
 
 def measure(datasets: dict[int, Dataset], args: argparse.Namespace, cores: int) -> dict[str, Any]:
