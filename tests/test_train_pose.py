@@ -1,8 +1,9 @@
 """The COCO recipe (configs/sbpn_coco.py) through train.py on the real COCO sample (its 4 images as
 both splits, a small crop and a narrow network): evaluation on ground-truth boxes during training and
 on the 118 detector boxes at the end, the result files and pictures, SIGKILL + resume equal to an
-uninterrupted run (one device: exact to the bit), and two processes x 4 devices equal to it (to
-float rounding: the cross-device sums add in another order)."""
+uninterrupted run (one device: exact to the bit), two processes x 4 devices equal to it (to
+float rounding: the cross-device sums add in another order), and one process resuming the two
+processes' checkpoint."""
 
 from __future__ import annotations
 
@@ -86,3 +87,6 @@ def test_sbpn_recipe_on_the_real_sample_resumes_exactly_after_sigkill(tmp_path):
     assert b["count"] == 12 and b["det/count"] == 118
     for key in (*STAT_NAMES, *(f"det/{k}" for k in STAT_NAMES)):
         assert b[key] == pytest.approx(ev[key], abs=1e-6), key
+    # The two processes' checkpoint restores in one process, which trains on from step 6.
+    log = train(CONFIG, two, *flags(8))
+    assert "at step 6" in log and [r["step"] for r in read_metrics(two, "train")] == list(range(1, 9))
