@@ -317,8 +317,12 @@ def test_infer_cli_on_image_files_and_npy(tmp_path, capsys):
     assert [(r["input"].rsplit("/", 1)[-1], r["index"]) for r in rows] == [
         ("0.png", 0), ("1.png", 0), ("2.png", 0), ("big.npy", 0), ("big.npy", 1), ("same.npy", 0), ("same.npy", 1),
         ("same.npy", 2)]
+    # The six 8x8 rows run in batches of two ([0.png, 1.png], [2.png, same 0], [same 1, same 2]): a
+    # row's position in a batch may change XLA:CPU's vectorised remainder loops, hence the last bit
+    # (measured on an AMD EPYC: 0.35533654 vs 0.35533658), not the prediction.
     for a, b in zip(rows[:3], rows[5:], strict=True):
-        assert a["logits"] == b["logits"] and a["top1"] == b["top1"] == int(np.argmax(a["logits"]))
+        np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-6, atol=1e-6 * np.abs(b["logits"]).max())
+        assert a["top1"] == b["top1"] == int(np.argmax(a["logits"]))
         assert len(a["topk"]) == 5 and a["topk"][0] == a["top1"]
     direct = np.asarray(packed.PackedNetwork(program, arrays)(np.load(tmp_path / "big.npy")))
     np.testing.assert_allclose([r["logits"] for r in rows[3:5]], direct, rtol=1e-6)
