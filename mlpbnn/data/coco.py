@@ -398,10 +398,11 @@ class CocoKeypoints(Dataset):
             self._check_files()
 
     def _check_files(self) -> None:
-        for what, images, records in (("train", self.train_images, self.train_records),
-                                      ("val", self.val_images, self.eval_records)):
+        evaluated = [r for r in self.box_records.values() if r is not None]  # GT and detector boxes
+        for what, images, ids in (("train", self.train_images, self.train_records.image_id.tolist()),
+                                  ("val", self.val_images, [i for r in evaluated for i in r.image_id.tolist()])):
             if isinstance(images, FileImages):
-                missing = images.missing(sorted(set(records.image_id.tolist())))
+                missing = images.missing(sorted(set(ids)))
                 if missing:
                     raise FileNotFoundError(f"{images.path(missing[0])}: image {missing[0]} of the {what} split is "
                                             f"missing ({len(missing)} missing in all)")
