@@ -151,12 +151,7 @@ def load_annotations(ann_file: str | Path) -> Any:
     from pycocotools.coco import COCO
 
     path = Path(ann_file)
-    try:
-        dataset = json.loads(path.read_text())
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read the annotation file ({e.strerror or e})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid annotation file ({type(e).__name__}: {e})") from e
+    dataset = _read_json(path, "annotation")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list) \
             or not isinstance(dataset.get("annotations"), list):
         raise ValueError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations' lists)")
@@ -166,6 +161,17 @@ def load_annotations(ann_file: str | Path) -> Any:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON content of ``path``; unreadable or invalid files are errors naming it and ``what``
+    it should have been ('annotation', 'detection')."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the {what} file ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid {what} file ({type(e).__name__}: {e})") from e
 
 
 def check_annotations(dataset: dict[str, Any], name: str) -> None:
@@ -219,12 +225,7 @@ def det_records(det_file: str | Path, coco: Any, aspect_ratio: float, image_thre
     """HRNet's detection records (``_load_coco_person_detection_results``): person boxes with
     score >= ``image_thre``, used as they are; a box of an image not in the annotations is refused."""
     path = Path(det_file)
-    try:
-        dets = json.loads(path.read_text())
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read the detection file ({e.strerror or e})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid detection file ({type(e).__name__}: {e})") from e
+    dets = _read_json(path, "detection")
     if not isinstance(dets, list):
         raise ValueError(f"{path}: a detection file is a list of {{image_id, category_id, bbox, score}}")
     rows = []

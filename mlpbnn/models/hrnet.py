@@ -67,7 +67,7 @@ import jax.numpy as jnp
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
 from mlpbnn.estimators import Estimator
-from mlpbnn.models.resnet import BINARY_INITS, BasicBlock, BinaryBlock, Bottleneck, conv_partial, norm_partial
+from mlpbnn.models.resnet import BasicBlock, BinaryBlock, Bottleneck, binary_conv_partial, conv_partial, norm_partial
 from mlpbnn.models.simple_baseline import pose_init
 
 Array = jax.Array
@@ -256,22 +256,9 @@ class BinaryHRNetBackbone(HRNetBackbone):
     pad_value: float = 0.0
 
     def branch_parts(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int, ModuleDef | None, bool]:
-        if self.binary_init not in BINARY_INITS:
-            raise ValueError(f"binary_init must be one of {sorted(BINARY_INITS)}, got {self.binary_init!r}")
-        binary_conv = functools.partial(
-            L.BinaryConv, pad_value=self.pad_value, dtype=self.dtype,
-            input_estimator=self.activation_estimator, weight_estimator=self.weight_estimator,
-            input_theta=self._shared_theta(self.activation_estimator, "input_estimator"),
-            weight_theta=self._shared_theta(self.weight_estimator, "weight_estimator"),
-            weight_norm=self.weight_norm, weight_scale=self.weight_scale,
-            scale_in_backward=self.scale_in_backward, kernel_init=BINARY_INITS[self.binary_init])
+        binary_conv = binary_conv_partial(self)
         block = functools.partial(BinaryBlock, conv=conv, norm=norm, binary_conv=binary_conv, variant="bireal")
         return block, 2, binary_conv if self.binary_fuse else None, True
-
-    def _shared_theta(self, estimator: Estimator | None, name: str) -> L.EstimatorParams | None:
-        if not self.share_estimator or estimator is None or not estimator.learnable:
-            return None
-        return L.EstimatorParams(estimator, name=name)
 
 
 class HRNetHead(nn.Module):

@@ -167,6 +167,28 @@ class BinaryBlock(nn.Module):
         return L.PReLU(name="nonlinear")(out)
 
 
+def binary_conv_partial(backbone: Any) -> ModuleDef:
+    """The ``BinaryConv`` partial of a binary backbone (``BinaryResNetBackbone``, BHRNet's): its
+    estimators, the thetas shared by all its binary layers (``share_estimator``), its weight
+    options and initialiser. Called inside the backbone's compact ``__call__``, so the shared
+    thetas are the backbone's submodules ``input_estimator``/``weight_estimator``."""
+    if backbone.binary_init not in BINARY_INITS:
+        raise ValueError(f"binary_init must be one of {sorted(BINARY_INITS)}, got {backbone.binary_init!r}")
+
+    def shared(estimator: Estimator | None, name: str) -> L.EstimatorParams | None:
+        if not backbone.share_estimator or estimator is None or not estimator.learnable:
+            return None
+        return L.EstimatorParams(estimator, name=name)
+
+    return functools.partial(
+        L.BinaryConv, pad_value=backbone.pad_value, dtype=backbone.dtype,
+        input_estimator=backbone.activation_estimator, weight_estimator=backbone.weight_estimator,
+        input_theta=shared(backbone.activation_estimator, "input_estimator"),
+        weight_theta=shared(backbone.weight_estimator, "weight_estimator"),
+        weight_norm=backbone.weight_norm, weight_scale=backbone.weight_scale,
+        scale_in_backward=backbone.scale_in_backward, kernel_init=BINARY_INITS[backbone.binary_init])
+
+
 # -------------------------------------------------------------------------- backbones
 
 
@@ -263,22 +285,9 @@ class BinaryResNetBackbone(_ResNetBase):
     def make_block(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int]:
         if self.variant not in ("bireal", "reactnet"):
             raise ValueError(f"variant must be 'bireal' or 'reactnet', got {self.variant!r}")
-        if self.binary_init not in BINARY_INITS:
-            raise ValueError(f"binary_init must be one of {sorted(BINARY_INITS)}, got {self.binary_init!r}")
-        binary_conv = functools.partial(
-            L.BinaryConv, pad_value=self.pad_value, dtype=self.dtype,
-            input_estimator=self.activation_estimator, weight_estimator=self.weight_estimator,
-            input_theta=self._shared_theta(self.activation_estimator, "input_estimator"),
-            weight_theta=self._shared_theta(self.weight_estimator, "weight_estimator"),
-            weight_norm=self.weight_norm, weight_scale=self.weight_scale,
-            scale_in_backward=self.scale_in_backward, kernel_init=BINARY_INITS[self.binary_init])
+        binary_conv = binary_conv_partial(self)
         block = functools.partial(BinaryBlock, conv=conv, norm=norm, binary_conv=binary_conv, variant=self.variant)
         return block, BinaryBlock.expansion
-
-    def _shared_theta(self, estimator: Estimator | None, name: str) -> L.EstimatorParams | None:
-        if not self.share_estimator or estimator is None or not estimator.learnable:
-            return None
-        return L.EstimatorParams(estimator, name=name)
 
     def stem_activation(self, x: Array) -> Array:
         return L.PReLU(name="nonlinear")(x) if self.variant == "bireal" else x
