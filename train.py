@@ -11,6 +11,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Config files inherit by importing each other (``from configs import sbpn_coco``): the repository
+# root, this file's folder, must be importable, also under ``python -P`` (no script folder on the path).
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")

@@ -15,16 +15,11 @@ the transition and fuse convolutions too (1.11 G OPs instead of 1.85 G at 256x19
 estimator has its own Adam, as in the ImageNet recipe.
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("hrnet_w32_coco", Path(__file__).with_name("hrnet_w32_coco.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from configs import hrnet_w32_coco
 
 
 def get_config():
-    c = _base.get_config("bhrnet_w32", 32)
+    c = hrnet_w32_coco.get_config("bhrnet_w32", 32)
     c.model.binary_fuse = False              # True: transition and fuse convolutions binary as well
     c.estimator.weights = "mlp"
     c.estimator.activations = "approx_sign"

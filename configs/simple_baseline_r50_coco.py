@@ -9,16 +9,11 @@ of training: ``python -m mlpbnn.convert pose_resnet_50_256x192.pth.tar runs/sb_r
 --model simple_baseline_resnet50`` (then ``--config.teacher.checkpoint=runs/sb_r50/variables`` in SBPN).
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("sbpn_coco", Path(__file__).with_name("sbpn_coco.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from configs import sbpn_coco
 
 
 def get_config():
-    c = _base.get_config()
+    c = sbpn_coco.get_config()
     c.model = type(c.model)({"name": "simple_baseline_resnet50", "stage_sizes": (3, 4, 6, 3), "width": 64,
                              "small_inputs": False, "head": "real", "num_deconvs": 3, "deconv_features": 256})
     c.teacher.model = ""

@@ -47,7 +47,16 @@ def test_bad_config_from_the_command_line_fails_before_compiling(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py")),
+@pytest.mark.parametrize("config", ["configs/bhrnet_w32_coco.py", "configs/bireal34_imagenet.py"])
+def test_inheriting_config_loads_outside_the_repo_root(config, tmp_path):
+    """A config that imports its parent (``from configs import ...``) loads when train.py runs from
+    another folder: the override's error comes from validating the loaded config."""
+    out = cli(tmp_path / "x", "--config.model.name=resnet7", cwd=tmp_path, config=config)
+    assert out.returncode != 0
+    assert "error: config.model.name: 'resnet7' is not valid" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("[!_]*.py")),
                          ids=lambda p: p.name)
 def test_every_config_file_is_valid(path, tmp_path):
     """Every recipe in configs/ loads and passes validation on 8 devices (what train.py checks first;
