@@ -38,3 +38,14 @@ def test_higher_is_better_and_no_best(tmp_path):
     n.wait()
     assert n.best_step() is None and n.manager.all_steps() == [2]
     n.close()
+
+
+def test_best_of_equal_metrics_is_the_latest(tmp_path):
+    """orbax's best_step: among equally good evaluations the latest wins, in both modes."""
+    for mode in ("min", "max"):
+        c = Checkpoints(tmp_path / mode, keep=3, best_metric="loss", best_mode=mode)
+        for step, loss in ((1, 0.4), (2, 0.4), (3, 0.4 if mode == "min" else 0.1)):
+            c.save(step, {"w": jnp.zeros(1)}, {"step": step}, {"loss": loss})
+        c.wait()
+        assert c.best_step() == (3 if mode == "min" else 2)
+        c.close()

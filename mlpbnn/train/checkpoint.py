@@ -71,7 +71,6 @@ class Checkpoints:
                 # With a best_fn orbax writes each save's metrics to disk, where best_step() finds them
                 # after a restart; the preservation policy above decides what is kept.
                 best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode))
-        self.best_mode = best_mode
 
     def set_aside(self, step: int) -> Path:
         """Moves the (damaged) checkpoint ``step`` to ``workdir/checkpoints_damaged/`` (kept for
@@ -95,12 +94,9 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The kept step with the best metric (None before the first evaluation or without a metric)."""
-        if not self.best_metric:
-            return None
-        scored = [(m[self.best_metric], s) for s in self.manager.all_steps()
-                  if (m := self.manager.metrics(s)) and self.best_metric in m]
-        return (max if self.best_mode == "max" else min)(scored)[1] if scored else None
+        """orbax's best kept step by ``best_metric`` (the latest of equals; None before the first
+        evaluation or without a metric, where orbax would answer the latest step)."""
+        return self.manager.best_step() if self.best_metric else None
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
