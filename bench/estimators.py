@@ -27,7 +27,7 @@ def estimator_step(est: E.Estimator):
 
 
 def conv_step(weight_estimator: E.Estimator, x):
-    layer = L.BinaryConv(64, 3, 1, 1, input_estimator=E.get("approx_sign"), weight_estimator=weight_estimator)
+    layer = L.BinaryConv(64, 3, 1, 1, spec=L.BinarySpec(weights=weight_estimator, inputs="approx_sign"))
     variables = layer.init(jax.random.key(0), x)
 
     @jax.jit

@@ -155,8 +155,9 @@ def _record(module: nn.Module, x: Any, y: Any) -> Layer | None:
             macs = math.prod(x.shape[1:-1]) * kernel.size
         else:  # per output pixel: (kh, kw, C_in)
             macs = n_out * math.prod(kernel.shape[:-1])
-        binary_weights = getattr(module, "weight_estimator", None) is not None
-        binary_inputs = getattr(module, "input_estimator", None) is not None
+        spec = getattr(module, "spec", None)  # a binary layer's BinarySpec; nn.Conv's have none
+        binary_weights = spec is not None and spec.weights is not None
+        binary_inputs = spec is not None and spec.inputs is not None
         other = _size(params) - kernel.size
         layer = Layer(path, type(module).__name__, 1 if binary_inputs else 32, out,
                       params_1bit=kernel.size if binary_weights else 0,
@@ -185,7 +186,9 @@ def count(model: nn.Module, input_shape: tuple[int, ...], *, name: str = "",
         out = next_fun(*args, **kwargs)
         if context.method_name == "__call__" and args:
             layer = _record(context.module, args[0], out)
-            if layer is not None:
+            # A layer that ``mlpbnn.binarize`` replaced is called as its binary twin at the same
+            # path, which finishes first: keep that record, not the replaced layer's.
+            if layer is not None and all(other.path != layer.path for other in layers):
                 layers.append(layer)
         return out
 

@@ -217,14 +217,14 @@ class _Builder:
         if zeros:
             raise ExportError(f"{call.path}: {zeros} weight(s) have sign 0 (weight estimator zero=0 and weights equal "
                               "to their channel mean); they have no one-bit code")
-        alpha = weight_scale(kernel, m.weight_norm, m.weight_scale)
+        alpha = weight_scale(kernel, m.spec.weight_norm, m.spec.weight_scale)
         mul, shift = self.bn_fold(bn) if bn is not None else (np.ones_like(alpha), np.zeros_like(alpha))
         if m.use_bias:
             shift = shift + self.leaf(self.params, call.path, "bias") * mul
         kh, kw, cin, _ = kernel.shape
         strides = [int(s) for s in np.broadcast_to(m.strides, 2)]
         pad = [list(p) for p in explicit_padding(m.padding, f"{call.path}.padding")]
-        pad_value = float(m.pad_value)
+        pad_value = float(m.spec.pad_value)
         fields: dict[str, Any] = {
             "bits": self.put(f"{call.path}/bits", packed.pack_weight_signs(signs), np.uint32),
             "in_channels": int(cin), "kernel_size": [int(kh), int(kw)], "strides": strides, "padding": pad,
@@ -236,7 +236,9 @@ class _Builder:
 
 def check_binary_layer(path: str, m: nn.Module) -> float:
     """Raises ``ExportError`` unless the binary layer ``m`` can be bit-packed; returns its sign(0)."""
-    est_in, est_w = m.input_estimator, m.weight_estimator
+    est_in, est_w = m.spec.inputs, m.spec.weights
+    if m.spec.input_bias:
+        raise ExportError(f"{path}: an input bias inside the binary layer (BinarySpec.input_bias) is not exported yet")
     if est_in is None or est_w is None:
         which = "inputs" if est_in is None else "weights"
         raise ExportError(f"{path}: real-valued {which} (stage one of two-stage training?); only layers "

@@ -30,7 +30,8 @@ each layer's own estimator (e.g. the ``classifier`` estimator's argmax, which is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,57 +40,28 @@ import jax.numpy as jnp
 from jax import lax
 
 from mlpbnn.conv import conv2d, conv_transpose, explicit_padding
-from mlpbnn.estimators import Estimator, Theta
+from mlpbnn.estimators import Theta
+from mlpbnn.spec import (
+    BINARY_INITS,
+    ESTIMATOR_COLLECTION,
+    INPUT_ROLE,
+    REAL,
+    WEIGHT_NORMS,
+    WEIGHT_ROLE,
+    WEIGHT_SCALES,
+    BinarySpec,
+    EstimatorParams,
+    SharedTheta,
+    layer_theta,
+)
+
+__all__ = ["ESTIMATOR_COLLECTION", "REAL", "WEIGHT_NORMS", "WEIGHT_SCALES", "AvgPool", "BatchNorm", "BinaryConv",
+           "BinaryConvTranspose", "BinaryDense", "BinarySpec", "EstimatorParams", "GlobalAvgPool", "LearnableBias",
+           "MaxPool", "PReLU", "RPReLU", "SharedTheta", "binarize_weights", "binary_layer_paths", "flip_ratio",
+           "normalize_weights", "pad_nhwc", "prelu", "scale_weights", "weight_signs"]
 
 Array = jax.Array
 Dtype = Any
-
-ESTIMATOR_COLLECTION = "estimator"
-WEIGHT_SCALES = ("none", "mean", "pow2")
-WEIGHT_NORMS = ("none", "center", "standardize")
-
-
-class EstimatorParams(nn.Module):
-    """A learnable estimator's theta, stored in the ``estimator`` collection.
-
-    Share one instance between layers to share theta; calling it returns the theta dict
-    ({} for parameter-free estimators).
-    """
-
-    estimator: Estimator | None
-
-    @nn.compact
-    def __call__(self) -> Theta:
-        if self.estimator is None or not self.estimator.learnable:
-            return {}
-        theta0: Theta = {}
-        if self.is_initializing():
-            theta0 = self.estimator.init(self.make_rng("params"))
-        return {name: self.variable(ESTIMATOR_COLLECTION, name, lambda n=name: theta0[n]).value
-                for name in self.estimator.theta_shapes}
-
-
-# A layer's shared theta: the ``EstimatorParams`` module that owns it, or its values (a mapping
-# read from the owner's variables by a module that cannot reach the owner, e.g. a head whose
-# backbone shares its scope and made theta there).
-SharedTheta = EstimatorParams | Mapping[str, Array]
-
-
-def _theta(estimator: Estimator | None, shared: SharedTheta | None, name: str, parent: nn.Module) -> Theta:
-    if estimator is None or not estimator.learnable:
-        return {}
-    if isinstance(shared, EstimatorParams):
-        if shared.estimator != estimator:
-            raise ValueError(f"{parent.name}: shared estimator params are for {shared.estimator!r}, "
-                             f"but the layer uses {estimator!r}")
-        return shared()
-    if shared is not None:
-        shapes = {k: tuple(jnp.shape(v)) for k, v in shared.items()}
-        want = {k: tuple(v) for k, v in estimator.theta_shapes.items()}
-        if shapes != want:
-            raise ValueError(f"{parent.name}: shared theta has shapes {shapes}, but {estimator!r} needs {want}")
-        return dict(shared)
-    return EstimatorParams(estimator, name=name, parent=parent)()
 
 
 @jax.custom_vjp
@@ -108,16 +80,11 @@ def _scale_forward_only_bwd(alpha, g):
 _scale_forward_only.defvjp(_scale_forward_only_fwd, _scale_forward_only_bwd)
 
 
-def _check_weight_options(weight_norm: str, weight_scale: str) -> None:
-    if weight_norm not in WEIGHT_NORMS:
-        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
-    if weight_scale not in WEIGHT_SCALES:
-        raise ValueError(f"weight_scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
-
-
 def normalize_weights(kernel: Array, weight_norm: str) -> Array:
     """The latent weights the estimator sees: ``kernel`` centred or standardised per output channel
     (the last axis), or as it is."""
+    if weight_norm not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
     axes = tuple(range(kernel.ndim - 1))
     w = kernel
     if weight_norm in ("center", "standardize"):
@@ -130,6 +97,8 @@ def normalize_weights(kernel: Array, weight_norm: str) -> Array:
 
 def scale_weights(w: Array, wb: Array, weight_scale: str, scale_in_backward: bool = True) -> Array:
     """alpha * wb with the per-output-channel alpha of the normalised latent weights ``w``."""
+    if weight_scale not in WEIGHT_SCALES:
+        raise ValueError(f"weight_scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
     if weight_scale == "none":
         return wb
     axes = tuple(range(w.ndim - 1))
@@ -139,32 +108,24 @@ def scale_weights(w: Array, wb: Array, weight_scale: str, scale_in_backward: boo
     return alpha * wb if scale_in_backward else _scale_forward_only(alpha, wb)
 
 
-def binarize_weights(kernel: Array, estimator: Estimator | None, theta: Theta,
-                     progress: Array | float | None, *, weight_norm: str = "center",
-                     weight_scale: str = "mean", scale_in_backward: bool = True) -> Array:
-    """alpha * q_w(normalize(W)); the output-channel axis is the last one (HWIO / (in, out)).
+def binarize_weights(kernel: Array, spec: BinarySpec, theta: Theta, progress: Array | float | None = None,
+                     signs: Callable[[Array, Theta, Array | float | None], Array] | None = None) -> Array:
+    """alpha * q_w(normalize(W)) as ``spec`` says; the output-channel axis is the last one (HWIO /
+    (in, out)).
 
-    ``scale_in_backward``: the weight gradient is alpha * q_w'(W) (True: the official BBC
+    ``spec.scale_in_backward``: the weight gradient is alpha * q_w'(W) (True: the official BBC
     ``MetaConv2d``, which multiplies the estimator's output by the detached scale) or q_w'(W)
     (False: Bi-Real's and ReActNet's ``HardBinaryConv``, whose clamp-STE bypasses the scale).
-    With ``estimator=None`` the weights are real and used as they are (no normalisation, no
-    scale), as in the first stage of two-stage training.
+    With ``spec.weights=None`` the weights are real and used as they are (no normalisation, no
+    scale), as in the first stage of two-stage training. ``signs(w, theta, progress)`` computes
+    q_w (a binary layer passes its ``binary_weights`` method, which introspection intercepts;
+    default: the spec's estimator).
     """
-    _check_weight_options(weight_norm, weight_scale)
-    if estimator is None:
+    if spec.weights is None:
         return kernel
-    w = normalize_weights(kernel, weight_norm)
-    return scale_weights(w, estimator(theta, w, progress), weight_scale, scale_in_backward)
-
-
-def _layer_weights(layer: BinaryConv | BinaryConvTranspose | BinaryDense, kernel: Array, theta: Theta,
-                   progress: Array | float | None) -> Array:
-    """``binarize_weights`` of a binary layer, its +-1 weights computed by its ``binary_weights``."""
-    _check_weight_options(layer.weight_norm, layer.weight_scale)
-    if layer.weight_estimator is None:
-        return kernel
-    w = normalize_weights(kernel, layer.weight_norm)
-    return scale_weights(w, layer.binary_weights(w, theta, progress), layer.weight_scale, layer.scale_in_backward)
+    w = normalize_weights(kernel, spec.weight_norm)
+    wb = signs(w, theta, progress) if signs is not None else spec.weights(theta, w, progress)
+    return scale_weights(w, wb, spec.weight_scale, spec.scale_in_backward)
 
 
 def _pairs(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
@@ -183,61 +144,41 @@ def pad_nhwc(x: Array, padding: tuple[tuple[int, int], tuple[int, int]], value: 
     return jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=value)
 
 
-class BinaryConv(nn.Module):
-    """2-D convolution on q_in(x) with weights alpha * q_w(normalize(W)); NHWC, HWIO kernel.
-
-    Attributes:
-      features: output channels.
-      kernel_size, strides: ints or pairs.
-      padding: explicit padding, int / (ph, pw) / ((top, bottom), (left, right)).
-      pad_value: padding constant applied after the input estimator: 0 (PyTorch, the official
-        code) or +-1 (keeps a binary input binary).
-      input_estimator, weight_estimator: Estimator or None (real-valued path).
-      input_theta, weight_theta: shared ``EstimatorParams`` for learnable estimators (or the theta
-        values themselves, a mapping); None creates per-layer ones named ``input_estimator`` /
-        ``weight_estimator`` in this layer's scope.
-      weight_norm: 'center' (official), 'standardize' (IR-Net) or 'none'.
-      weight_scale: 'mean' (official), 'pow2' (IR-Net) or 'none'.
-      scale_in_backward: whether the weight gradient carries the scale (see ``binarize_weights``).
-      dtype: computation dtype of the convolution (params stay ``param_dtype``).
-    """
+class _BinaryLayer(nn.Module):
+    """What the three binary layers share: the spec, the thetas, the kernel and bias, the input
+    path (shift, estimator) and the binarized kernel. Subclasses give the kernel shape and the
+    linear map (``_apply``)."""
 
     features: int
-    kernel_size: int | Sequence[int] = 3
-    strides: int | Sequence[int] = 1
-    padding: Any = 0
-    pad_value: float = 0.0
-    input_estimator: Estimator | None = None
-    weight_estimator: Estimator | None = None
+    _: dataclasses.KW_ONLY  # the subclasses' geometry follows ``features`` positionally
+    spec: BinarySpec = BinarySpec()
     input_theta: SharedTheta | None = None
     weight_theta: SharedTheta | None = None
-    weight_norm: str = "center"
-    weight_scale: str = "mean"
-    scale_in_backward: bool = True
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
     bias_init: Callable[..., Array] = nn.initializers.zeros
 
+    def _kernel_shape(self, x: Array) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _apply(self, x: Array, w: Array) -> Array:
+        raise NotImplementedError
+
     @nn.compact
     def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
-        if x.ndim != 4:
-            raise ValueError(f"{self.name}: BinaryConv expects NHWC input, got shape {x.shape}")
-        if self.pad_value not in (0.0, 1.0, -1.0):
-            raise ValueError(f"{self.name}: pad_value must be 0, 1 or -1, got {self.pad_value!r}")
-        kh, kw = _pairs(self.kernel_size, 2, "kernel_size")
-        strides = _pairs(self.strides, 2, "strides")
-        padding = explicit_padding(self.padding)
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
-                            self.param_dtype)
-        theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
-        theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
-        if self.input_estimator is not None:
-            x = self.input_estimator(theta_in, x, progress)
-        w = _layer_weights(self, kernel, theta_w, progress)
-        x = pad_nhwc(x.astype(self.dtype), padding, self.pad_value)
-        y = conv_nhwc(x, w.astype(self.dtype), strides)
+        spec = self.spec
+        init = self.kernel_init if spec.init is None else BINARY_INITS[spec.init]
+        kernel = self.param("kernel", init, self._kernel_shape(x), self.param_dtype)
+        theta_in = layer_theta(self, spec.inputs, self.input_theta, INPUT_ROLE)
+        theta_w = layer_theta(self, spec.weights, self.weight_theta, WEIGHT_ROLE)
+        if spec.input_bias:
+            x = LearnableBias(self.param_dtype, name="input_bias")(x)
+        if spec.inputs is not None:
+            x = spec.inputs(theta_in, x, progress)
+        w = binarize_weights(kernel, spec, theta_w, progress, self.binary_weights)
+        y = self._apply(x.astype(self.dtype), w.astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
         return y
@@ -245,7 +186,37 @@ class BinaryConv(nn.Module):
     def binary_weights(self, w: Array, theta: Theta, progress: Array | float | None = None) -> Array:
         """The forward +-1 weights q_w(w) of the normalised latent weights ``w`` (before the scale);
         the method ``binary_layer_paths`` and ``weight_signs`` intercept."""
-        return self.weight_estimator(theta, w, progress)
+        return self.spec.weights(theta, w, progress)
+
+
+class BinaryConv(_BinaryLayer):
+    """2-D convolution on q_in(x) with weights alpha * q_w(normalize(W)); NHWC, HWIO kernel.
+
+    Attributes:
+      features: output channels.
+      kernel_size, strides: ints or pairs.
+      padding: explicit padding, int / (ph, pw) / ((top, bottom), (left, right)), filled with
+        ``spec.pad_value`` after the input estimator.
+      spec: how the layer binarizes (``mlpbnn.BinarySpec``; default the official BBC layer).
+      input_theta, weight_theta: shared ``EstimatorParams`` for learnable estimators (or the theta
+        values themselves, a mapping); None creates per-layer ones named ``input_estimator`` /
+        ``weight_estimator`` in this layer's scope.
+      dtype: computation dtype of the convolution (params stay ``param_dtype``).
+      kernel_init: used unless ``spec.init`` names one.
+    """
+
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: Any = 0
+
+    def _kernel_shape(self, x: Array) -> tuple[int, ...]:
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: BinaryConv expects NHWC input, got shape {x.shape}")
+        return (*_pairs(self.kernel_size, 2, "kernel_size"), x.shape[-1], self.features)
+
+    def _apply(self, x: Array, w: Array) -> Array:
+        x = pad_nhwc(x, explicit_padding(self.padding), self.spec.pad_value)
+        return conv_nhwc(x, w, _pairs(self.strides, 2, "strides"))
 
 
 def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
@@ -254,7 +225,7 @@ def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
     return conv2d(x, kernel, strides, 0)
 
 
-class BinaryConvTranspose(nn.Module):
+class BinaryConvTranspose(_BinaryLayer):
     """Transposed 2-D convolution on q_in(x) with weights alpha * q_w(normalize(W)): PyTorch's
     ``ConvTranspose2d(C_in, features, k, s, p)`` (``output_padding=0``, ``groups=1``,
     ``dilation=1``), NHWC, the binary twin of ``BinaryConv``.
@@ -267,54 +238,32 @@ class BinaryConvTranspose(nn.Module):
     s-dilated input with the spatially flipped kernel and padding k - 1 - p per side (for k=4,
     s=2, p=1: padding 2, output 2H x 2W, as SimpleBaseline's deconvolutions, arXiv 1804.06208),
     computed by ``mlpbnn.conv.conv_transpose`` (on the CPU: sub-pixel phases, im2col kernel gradient).
+    ``flip_kernel=True`` stores the kernel spatially flipped (Flax's ``nn.ConvTranspose`` layout,
+    the gather form), as ``mlpbnn.binarize`` does for a user's ``nn.ConvTranspose``.
 
-    There is no ``pad_value``: a transposed convolution pads nothing in its scatter form (the
-    dilation holes and border are structural zeros that no weight multiplies), so XNOR inference
-    of +-1 inputs needs only a count of the taps that reach each border output.
+    ``spec.pad_value`` plays no part: a transposed convolution pads nothing in its scatter form
+    (the dilation holes and border are structural zeros that no weight multiplies), so XNOR
+    inference of +-1 inputs needs only a count of the taps that reach each border output.
 
     Attributes as ``BinaryConv``; ``padding`` is PyTorch's p (int, (ph, pw) or
-    ((top, bottom), (left, right))): what is cropped from each side of the full transposed output.
+    ((top, bottom), (left, right))): what is cropped from each side of the full transposed output
+    (negative values add zero rows).
     """
 
-    features: int
     kernel_size: int | Sequence[int] = 4
     strides: int | Sequence[int] = 2
     padding: Any = 1
-    input_estimator: Estimator | None = None
-    weight_estimator: Estimator | None = None
-    input_theta: SharedTheta | None = None
-    weight_theta: SharedTheta | None = None
-    weight_norm: str = "center"
-    weight_scale: str = "mean"
-    scale_in_backward: bool = True
-    use_bias: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
-    bias_init: Callable[..., Array] = nn.initializers.zeros
+    flip_kernel: bool = False
 
-    @nn.compact
-    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
+    def _kernel_shape(self, x: Array) -> tuple[int, ...]:
         if x.ndim != 4:
             raise ValueError(f"{self.name}: BinaryConvTranspose expects NHWC input, got shape {x.shape}")
-        kh, kw = _pairs(self.kernel_size, 2, "kernel_size")
-        strides = _pairs(self.strides, 2, "strides")
-        padding = explicit_padding(self.padding)
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
-                            self.param_dtype)
-        theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
-        theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
-        if self.input_estimator is not None:
-            x = self.input_estimator(theta_in, x, progress)
-        w = _layer_weights(self, kernel, theta_w, progress)
-        y = conv_transpose_nhwc(x.astype(self.dtype), w.astype(self.dtype), strides, padding)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
-        return y
+        return (*_pairs(self.kernel_size, 2, "kernel_size"), x.shape[-1], self.features)
 
-    def binary_weights(self, w: Array, theta: Theta, progress: Array | float | None = None) -> Array:
-        """As ``BinaryConv.binary_weights``."""
-        return self.weight_estimator(theta, w, progress)
+    def _apply(self, x: Array, w: Array) -> Array:
+        if self.flip_kernel:
+            w = w[::-1, ::-1]
+        return conv_transpose_nhwc(x, w, _pairs(self.strides, 2, "strides"), explicit_padding(self.padding))
 
 
 def conv_transpose_nhwc(x: Array, kernel: Array, strides: tuple[int, int],
@@ -326,42 +275,19 @@ def conv_transpose_nhwc(x: Array, kernel: Array, strides: tuple[int, int],
     return conv_transpose(x, kernel, strides, padding)
 
 
-class BinaryDense(nn.Module):
-    """Dense layer on q_in(x) with weights alpha * q_w(normalize(W)); kernel (in, out).
+class BinaryDense(_BinaryLayer):
+    """Dense layer on q_in(x) with weights alpha * q_w(normalize(W)); kernel (in, out), over the
+    last axis of x. Attributes as ``BinaryConv`` (no padding); ``use_bias`` defaults to True like
+    ``nn.Dense``."""
 
-    Attributes as ``BinaryConv`` (no padding); ``use_bias`` defaults to True like ``nn.Dense``.
-    """
-
-    features: int
-    input_estimator: Estimator | None = None
-    weight_estimator: Estimator | None = None
-    input_theta: SharedTheta | None = None
-    weight_theta: SharedTheta | None = None
-    weight_norm: str = "center"
-    weight_scale: str = "mean"
-    scale_in_backward: bool = True
+    _: dataclasses.KW_ONLY
     use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
-    bias_init: Callable[..., Array] = nn.initializers.zeros
 
-    @nn.compact
-    def __call__(self, x: Array, progress: Array | float | None = None) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-        theta_in = _theta(self.input_estimator, self.input_theta, "input_estimator", self)
-        theta_w = _theta(self.weight_estimator, self.weight_theta, "weight_estimator", self)
-        if self.input_estimator is not None:
-            x = self.input_estimator(theta_in, x, progress)
-        w = _layer_weights(self, kernel, theta_w, progress)
-        y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
-        return y
+    def _kernel_shape(self, x: Array) -> tuple[int, ...]:
+        return (x.shape[-1], self.features)
 
-    def binary_weights(self, w: Array, theta: Theta, progress: Array | float | None = None) -> Array:
-        """As ``BinaryConv.binary_weights``."""
-        return self.weight_estimator(theta, w, progress)
+    def _apply(self, x: Array, w: Array) -> Array:
+        return jnp.dot(x, w)
 
 
 class LearnableBias(nn.Module):

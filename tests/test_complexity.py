@@ -6,7 +6,7 @@ import math
 import flax.linen as nn
 import pytest
 
-from mlpbnn import complexity, estimators, layers, models
+from mlpbnn import complexity, layers, models
 
 
 def report(name, size=224, **kw):
@@ -49,8 +49,7 @@ def test_single_layer_counts_exactly():
     class One(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
-            x = layers.BinaryConv(16, 3, 2, 1, input_estimator=estimators.get("ste"),
-                                  weight_estimator=estimators.get("ste"))(x)
+            x = layers.BinaryConv(16, 3, 2, 1, spec=layers.BinarySpec(weights="ste", inputs="ste"))(x)
             x = nn.BatchNorm(use_running_average=not train)(x)
             x = layers.MaxPool(3, 2, 1)(x)
             return nn.Dense(5)(layers.GlobalAvgPool()(x))
@@ -115,8 +114,7 @@ def test_single_transposed_layer_counts_input_pixels():
     class One(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
-            return layers.BinaryConvTranspose(6, 4, 2, 1, input_estimator=estimators.get("ste"),
-                                              weight_estimator=estimators.get("ste"))(x)
+            return layers.BinaryConvTranspose(6, 4, 2, 1, spec=layers.BinarySpec(weights="ste", inputs="ste"))(x)
 
     r = complexity.count(One(), (5, 3, 4))
     assert r.layers[0].output_shape == (10, 6, 6)

@@ -15,14 +15,14 @@ from mlpbnn import layers as L
 from tests import torch_reference as ref
 
 MLP, APPROX = E.get("mlp"), E.get("approx_sign")
+BBC = L.BinarySpec(weights=MLP, inputs=APPROX)  # the official BBC layer
 
 
 def _conv_setup(stride, pad_value, cin=5, cout=6, hw=9, seed=0):
     torch.manual_seed(seed)
     conv = ref.MetaConv(cin, cout, stride=stride, padding=1, pad_value=pad_value)
     meta = ref.MetaNet()
-    layer = L.BinaryConv(cout, 3, stride, 1, pad_value=pad_value, input_estimator=APPROX,
-                         weight_estimator=MLP)
+    layer = L.BinaryConv(cout, 3, stride, 1, spec=L.BinarySpec(weights=MLP, inputs=APPROX, pad_value=pad_value))
     x = np.random.default_rng(seed).normal(0, 1, (2, hw, hw, cin)).astype(np.float32)
     variables = {
         "params": {"kernel": jnp.asarray(ref.oihw_to_hwio(conv.weights))},
@@ -93,7 +93,7 @@ def test_binary_conv_transpose_matches_torch(k, stride, padding):
     cin, cout = 6, 5
     w = torch.nn.init.xavier_uniform_(torch.empty(cin, cout, k, k)).requires_grad_(True)
     meta = ref.MetaNet()
-    layer = L.BinaryConvTranspose(cout, k, stride, padding, input_estimator=APPROX, weight_estimator=MLP)
+    layer = L.BinaryConvTranspose(cout, k, stride, padding, spec=BBC)
     x = np.random.default_rng(0).normal(0, 1, (2, 5, 4, cin)).astype(np.float32)
     xt = ref.nhwc_to_torch(x).requires_grad_(True)
     yt = _torch_binary_deconv(xt, w, meta, stride, padding)
@@ -129,31 +129,31 @@ def test_real_conv_transpose_and_flax_conv_transpose_match_torch():
     with torch.no_grad():
         yt = deconv(ref.nhwc_to_torch(x)).permute(0, 2, 3, 1).numpy()
     w = deconv.weight.detach().numpy()
-    ours = L.BinaryConvTranspose(5).apply({"params": {"kernel": w.transpose(2, 3, 0, 1)}}, x)
+    ours = L.BinaryConvTranspose(5, spec=L.REAL).apply({"params": {"kernel": w.transpose(2, 3, 0, 1)}}, x)
     flax_ct = nn.ConvTranspose(5, (4, 4), (2, 2), padding=((2, 2), (2, 2)), use_bias=False)
     theirs = flax_ct.apply({"params": {"kernel": w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)}}, x)
     assert yt.shape == (2, 10, 6, 5)
     np.testing.assert_allclose(np.asarray(ours), yt, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(theirs), yt, rtol=1e-5, atol=1e-5)
-    assert "estimator" not in L.BinaryConvTranspose(5).init(jax.random.key(0), x)
+    assert "estimator" not in L.BinaryConvTranspose(5, spec=L.REAL).init(jax.random.key(0), x)
 
 
 def test_binary_conv_transpose_shared_theta_values_and_errors():
     """A mapping of theta values (a head reading its backbone's theta) is used as given; wrong
     shapes and non-NHWC inputs are refused."""
     x = jax.random.normal(jax.random.key(0), (1, 3, 3, 4))
-    own = L.BinaryConvTranspose(2, input_estimator=APPROX, weight_estimator=MLP)
+    own = L.BinaryConvTranspose(2, spec=BBC)
     v = own.init(jax.random.key(1), x)
     theta = v["estimator"]["weight_estimator"]
-    shared = L.BinaryConvTranspose(2, input_estimator=APPROX, weight_estimator=MLP, weight_theta=theta)
+    shared = L.BinaryConvTranspose(2, spec=BBC, weight_theta=theta)
     sv = shared.init(jax.random.key(1), x)
     assert "estimator" not in sv
     np.testing.assert_array_equal(np.asarray(shared.apply({"params": v["params"]}, x)), np.asarray(own.apply(v, x)))
-    bad = L.BinaryConvTranspose(2, weight_estimator=MLP, weight_theta={"w0": jnp.zeros((1, 3))})
+    bad = L.BinaryConvTranspose(2, spec=BBC, weight_theta={"w0": jnp.zeros((1, 3))})
     with pytest.raises(ValueError, match="shared theta has shapes"):
         bad.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="NHWC"):
-        L.BinaryConvTranspose(2).init(jax.random.key(0), jnp.ones((3, 3, 4)))
+        L.BinaryConvTranspose(2, spec=L.REAL).init(jax.random.key(0), jnp.ones((3, 3, 4)))
 
 
 def test_binary_dense_matches_torch():
@@ -169,7 +169,7 @@ def test_binary_dense_matches_torch():
     wb = meta(wc) * wc.abs().mean(1, keepdim=True).detach()
     yt = F.linear(ref.with_soft_gradient(xt, ref.approx_sign_soft(xt)), wb, b)
     yt.pow(2).sum().backward()
-    layer = L.BinaryDense(7, input_estimator=APPROX, weight_estimator=MLP)
+    layer = L.BinaryDense(7, spec=BBC)
     v = {"params": {"kernel": jnp.asarray(w.detach().numpy().T), "bias": jnp.zeros(7)},
          "estimator": {"weight_estimator": {"w0": jnp.asarray(meta.network.Linear0.weight.detach().numpy().T),
                                             "w1": jnp.asarray(meta.network.Linear1.weight.detach().numpy().T)}}}
@@ -185,29 +185,28 @@ def test_binary_dense_matches_torch():
 def test_weight_paths():
     k = jax.random.normal(jax.random.key(0), (3, 3, 4, 5)) * 0.05 + 0.01
     ste = E.get("ste")
-    wb = L.binarize_weights(k, ste, {}, None, weight_norm="center", weight_scale="mean")
+    wb = L.binarize_weights(k, L.BinarySpec(weights=ste), {})
     wc = k - k.mean(axis=(0, 1, 2), keepdims=True)
     np.testing.assert_allclose(np.asarray(wb), np.asarray(jnp.abs(wc).mean((0, 1, 2)) * jnp.sign(wc)), rtol=1e-6)
-    p2 = L.binarize_weights(k, ste, {}, None, weight_norm="center", weight_scale="pow2")
+    p2 = L.binarize_weights(k, L.BinarySpec(weights=ste, weight_scale="pow2"), {})
     mags = np.unique(np.abs(np.asarray(p2)))
     np.testing.assert_allclose(np.log2(mags), np.round(np.log2(mags)), atol=1e-6)  # powers of two
-    raw = L.binarize_weights(k, ste, {}, None, weight_norm="none", weight_scale="none")
+    raw = L.binarize_weights(k, L.BinarySpec(weights=ste, weight_norm="none", weight_scale="none"), {})
     np.testing.assert_array_equal(np.asarray(raw), np.where(np.asarray(k) >= 0, 1.0, -1.0))
     # IR-Net standardisation: the latent weights seen by the estimator have unit std per channel.
-    grads = jax.grad(lambda kk: jnp.sum(L.binarize_weights(kk, E.get("ste", clip=None), {}, None,
-                                                           weight_norm="standardize",
-                                                           weight_scale="none") * jnp.arange(5.0)))(k)
+    standardize = L.BinarySpec(weights=E.get("ste", clip=None), weight_norm="standardize", weight_scale="none")
+    grads = jax.grad(lambda kk: jnp.sum(L.binarize_weights(kk, standardize, {}) * jnp.arange(5.0)))(k)
     assert np.all(np.isfinite(np.asarray(grads)))
     # Centring: its gradient has zero mean per output channel (the derivative of w - mean(w)).
-    g = jax.grad(lambda kk: jnp.sum(L.binarize_weights(kk, ste, {}, None)
+    g = jax.grad(lambda kk: jnp.sum(L.binarize_weights(kk, L.BinarySpec(weights=ste), {})
                                     * jnp.arange(180.0).reshape(3, 3, 4, 5)))(k)
     np.testing.assert_allclose(np.asarray(g).mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     # No estimator: real weights as they are.
-    assert L.binarize_weights(k, None, {}, None) is k
+    assert L.binarize_weights(k, L.REAL, {}) is k
 
 
 def test_real_paths_reduce_to_plain_convolution():
-    layer = L.BinaryConv(4, 3, 1, 1)  # no estimators: an ordinary conv with explicit padding
+    layer = L.BinaryConv(4, 3, 1, 1, spec=L.REAL)  # no estimators: an ordinary conv with explicit padding
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     v = layer.init(jax.random.key(1), x)
     plain = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
@@ -216,8 +215,8 @@ def test_real_paths_reduce_to_plain_convolution():
 
 
 def test_plus_minus_one_padding_keeps_binary_inputs_binary():
-    layer = L.BinaryConv(1, 3, 1, 1, pad_value=1.0, input_estimator=E.get("ste"), weight_estimator=E.get("ste"),
-                         weight_scale="none", weight_norm="none")
+    layer = L.BinaryConv(1, 3, 1, 1, spec=L.BinarySpec(weights="ste", inputs="ste", pad_value=1.0,
+                                                    weight_scale="none", weight_norm="none"))
     x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
     v = layer.init(jax.random.key(1), x)
     y = layer.apply(v, x)
@@ -234,8 +233,8 @@ class _TwoConvs(nn.Module):
     @nn.compact
     def __call__(self, x):
         shared = L.EstimatorParams(MLP, name="weight_estimator") if self.share else None
-        x = L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, weight_theta=shared)(x)
-        return L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, weight_theta=shared)(x)
+        x = L.BinaryConv(4, 3, 1, 1, spec=BBC, weight_theta=shared)(x)
+        return L.BinaryConv(4, 3, 1, 1, spec=BBC, weight_theta=shared)(x)
 
 
 @pytest.mark.slow
@@ -254,7 +253,7 @@ def test_shared_and_per_layer_theta():
 
 @pytest.mark.slow
 def test_learnable_input_estimator_gets_gradients():
-    layer = L.BinaryConv(3, 3, 1, 1, input_estimator=E.get("linear", hidden=4), weight_estimator=E.get("ste"))
+    layer = L.BinaryConv(3, 3, 1, 1, spec=L.BinarySpec(weights="ste", inputs=E.get("linear", hidden=4)))
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 2))
     v = layer.init(jax.random.key(1), x)
     g = jax.grad(lambda vv: jnp.sum(layer.apply(vv, x) ** 2))(v)
@@ -279,26 +278,45 @@ def test_prelu_rprelu_and_learnable_bias_match_torch():
 
 
 def test_bfloat16_compute_keeps_float32_params():
-    layer = L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP, dtype=jnp.bfloat16)
+    layer = L.BinaryConv(4, 3, 1, 1, spec=BBC, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     v = layer.init(jax.random.key(1), x)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v))
     y = layer.apply(v, x.astype(jnp.bfloat16))
     assert y.dtype == jnp.bfloat16
-    y32 = L.BinaryConv(4, 3, 1, 1, input_estimator=APPROX, weight_estimator=MLP).apply(v, x)
+    y32 = L.BinaryConv(4, 3, 1, 1, spec=BBC).apply(v, x)
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y32), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("kwargs,msg", [
-    ({"padding": "SAME"}, "explicit"), ({"pad_value": 0.5}, "pad_value"),
-    ({"weight_scale": "max", "weight_estimator": E.get("ste")}, "weight_scale"),
-    ({"weight_norm": "l2", "weight_estimator": E.get("ste")}, "weight_norm"),
-    ({"padding": (1, 2, 3)}, "padding"),
+    ({"padding": "SAME"}, "explicit"), ({"padding": (1, 2, 3)}, "padding"),
 ])
 def test_bad_layer_arguments(kwargs, msg):
-    layer = L.BinaryConv(4, **kwargs)
+    layer = L.BinaryConv(4, spec=L.REAL, **kwargs)
     with pytest.raises(ValueError, match=msg):
         layer.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"pad_value": 0.5}, "BinarySpec.pad_value"), ({"weight_scale": "max"}, "BinarySpec.weight_scale"),
+    ({"weight_norm": "l2"}, "BinarySpec.weight_norm"), ({"weights": "sgn"}, "BinarySpec.weights: unknown estimator"),
+    ({"init": "zeros"}, "BinarySpec.init"), ({"sign_zero": 0.5}, "BinarySpec.sign_zero"),
+    ({"share": 1}, "BinarySpec.share"), ({"weights": "classifier", "sign_zero": 1.0}, "no sign\\(0\\) choice"),
+])
+def test_bad_spec_fields_are_named(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        L.BinarySpec(**kwargs)
+
+
+def test_spec_is_hashable_and_resolves_estimators():
+    spec = L.BinarySpec(weights="ste(clip=2.0)", inputs={"name": "approx_sign"}, sign_zero=-1.0)
+    assert spec == L.BinarySpec(weights=E.get("ste", clip=2.0, zero=-1.0), inputs=E.get("approx_sign", zero=-1.0),
+                                sign_zero=-1.0)
+    assert hash(spec) == hash(L.BinarySpec(weights="ste(clip=2.0)", inputs="approx_sign", sign_zero=-1.0))
+    assert L.BinarySpec() == BBC and L.BinarySpec().binary and not L.REAL.binary
+    assert spec.replace(weights=None).weights is None
+    with pytest.raises(ValueError, match="unknown BinarySpec field"):
+        spec.replace(weight_estimator=None)
 
 
 def test_bad_input_rank_and_mismatched_shared_theta():
@@ -309,7 +327,7 @@ def test_bad_input_rank_and_mismatched_shared_theta():
         @nn.compact
         def __call__(self, x):
             shared = L.EstimatorParams(E.get("linear"), name="weight_estimator")
-            return L.BinaryConv(4, weight_estimator=MLP, weight_theta=shared)(x)
+            return L.BinaryConv(4, spec=BBC, weight_theta=shared)(x)
 
     with pytest.raises(ValueError, match="shared estimator params are for"):
         Bad().init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
@@ -438,7 +456,7 @@ def test_binary_layer_paths_of_real_models_and_stages():
     # Binary weights, real activations: still binary kernels.
     assert len(L.binary_layer_paths(models.create("bireal_resnet18", 10, activation_estimator=None, **TINY), x)) == 4
     assert L.binary_layer_paths(_TwoConvs(True), jnp.ones((1, 5, 5, 3))) == {"BinaryConv_0", "BinaryConv_1"}
-    dense = L.BinaryDense(3, weight_estimator=E.get("ste"))
+    dense = L.BinaryDense(3, spec=L.BinarySpec(weights="ste", inputs=None))
     assert L.binary_layer_paths(dense, jnp.ones((2, 4))) == {""}  # the root module
 
 

@@ -249,8 +249,8 @@ def _layer_outputs(model: nn.Module, variables, x) -> dict[str, list]:
 
 def test_estimator_defaults_and_sharing():
     m = models.create("bireal_resnet18")
-    assert m.backbone.weight_estimator == estimators.get("mlp")
-    assert m.backbone.activation_estimator == estimators.get("approx_sign")
+    assert m.backbone.spec.weights == estimators.get("mlp")
+    assert m.backbone.spec.inputs == estimators.get("approx_sign")
     x = jnp.ones((1, 12, 12, 3))
     shared = models.create("bireal_resnet18", 10, **TINY).init(jax.random.key(0), x)
     assert list(shared["estimator"]) == ["weight_estimator"]
@@ -299,7 +299,7 @@ def test_bad_variant_block_and_init():
     x = jnp.ones((1, 12, 12, 3))
     with pytest.raises(ValueError, match="variant"):
         models.create("bireal_resnet18", variant="xnor").init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="binary_init"):
+    with pytest.raises(ValueError, match="BinarySpec.init"):
         models.create("bireal_resnet18", binary_init="zeros").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="block"):
         models.create("resnet18", block="wide").init(jax.random.key(0), x)

@@ -16,26 +16,32 @@ mapping or ``Estimator``:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 
-from mlpbnn import estimators
 from mlpbnn.models.heads import Classifier
 from mlpbnn.models.hrnet import BinaryHRNetBackbone, HRNetBackbone, HRNetHead
 from mlpbnn.models.resnet import BinaryResNetBackbone, ResNetBackbone
 from mlpbnn.models.simple_baseline import HEAD_TYPES, SimpleBaseline
+from mlpbnn.spec import BinarySpec
 
 __all__ = ["ESTIMATOR_FIELDS", "HEAD_ARGS", "HEADS", "TORCH_LAYOUTS", "Classifier", "HRNetHead", "ModelInfo",
            "SimpleBaseline", "create", "create_backbone", "info", "names"]
 
 ESTIMATOR_FIELDS = ("weight_estimator", "activation_estimator")
+# The options ``create`` takes for a binary model's ``spec`` field, one by one (the config's and
+# the command line's form): option -> BinarySpec field.
+SPEC_OPTIONS = {"weight_estimator": "weights", "activation_estimator": "inputs", "share_estimator": "share",
+                "binary_init": "init", "weight_norm": "weight_norm", "weight_scale": "weight_scale",
+                "scale_in_backward": "scale_in_backward", "pad_value": "pad_value", "sign_zero": "sign_zero",
+                "input_bias": "input_bias"}
 TORCH_LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet", "pose_hrnet")
 # The head kinds, the class of each and the argument ``create`` takes for it (the task's
 # ``model_args()``); a registry entry may name another class of its kind (HRNet's final layer).
 HEADS = {"classifier": Classifier, "heatmap": SimpleBaseline}
 HEAD_ARGS = {"classifier": "num_classes", "heatmap": "num_joints"}
-_BINARY_BACKBONES = (BinaryResNetBackbone, BinaryHRNetBackbone)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +74,7 @@ class ModelInfo:
 
 _STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 _BINARY_STAGES = {18: (4, 4, 4, 4), 34: (6, 8, 12, 6)}  # one conv per block: twice the blocks
-_ESTIMATORS = {"weight_estimator": "mlp", "activation_estimator": "approx_sign"}
-_BIREAL = {"variant": "bireal", **_ESTIMATORS}
+_BIREAL = {"variant": "bireal"}  # the default BinarySpec: the official BBC layer
 
 # name -> (backbone class, defaults, PyTorch key layout, head kind, head defaults)
 _Entry = tuple[type[nn.Module], dict[str, Any], str, str, dict[str, Any]]
@@ -87,9 +92,9 @@ _REGISTRY: dict[str, _Entry] = {
     # ReActNet's HardBinaryConv: clipped STE through clamp(W, -1, 1), no centring, mean |W|
     # scale in the forward only, latent weights initialised U(0, 0.001) as in its code.
     "reactnet_resnet18": (BinaryResNetBackbone, {"stage_sizes": _BINARY_STAGES[18], "variant": "reactnet",
-                                                 "weight_estimator": "ste", "activation_estimator": "approx_sign",
-                                                 "weight_norm": "none", "scale_in_backward": False,
-                                                 "binary_init": "reactnet"}, "reactnet", "classifier", {}),
+                                                 "spec": BinarySpec(weights="ste", weight_norm="none",
+                                                                    scale_in_backward=False, init="reactnet")},
+                          "reactnet", "classifier", {}),
     # SimpleBaseline (arXiv 1804.06208) on torchvision ResNets: the official pose_resnet.
     "simple_baseline_resnet18": (ResNetBackbone, {"stage_sizes": _STAGES[18], "block": "basic"}, "pose_resnet",
                                  "heatmap", {}),
@@ -105,8 +110,8 @@ _REGISTRY: dict[str, _Entry] = {
     # HRNet (arXiv 1902.09212; lib/models/pose_hrnet.py) and BHRNet, its binary twin (models/hrnet.py).
     "hrnet_w32": (HRNetBackbone, {"width": 32}, "pose_hrnet", "heatmap", {}),
     "hrnet_w48": (HRNetBackbone, {"width": 48}, "pose_hrnet", "heatmap", {}),
-    "bhrnet_w32": (BinaryHRNetBackbone, {"width": 32, **_ESTIMATORS}, "bbc", "heatmap", {}),
-    "bhrnet_w48": (BinaryHRNetBackbone, {"width": 48, **_ESTIMATORS}, "bbc", "heatmap", {}),
+    "bhrnet_w32": (BinaryHRNetBackbone, {"width": 32}, "bbc", "heatmap", {}),
+    "bhrnet_w48": (BinaryHRNetBackbone, {"width": 48}, "bbc", "heatmap", {}),
 }
 _HEAD_CLASSES.update({name: HRNetHead for name in ("hrnet_w32", "hrnet_w48", "bhrnet_w32", "bhrnet_w48")})
 
@@ -121,7 +126,10 @@ def _check(name: str) -> None:
 
 
 def _options(cls: type[nn.Module]) -> tuple[str, ...]:
-    return tuple(sorted({f.name for f in dataclasses.fields(cls)} - {"parent", "name"}))
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    if "spec" in fields:
+        fields |= set(SPEC_OPTIONS)
+    return tuple(sorted(fields))
 
 
 def _head_class(name: str) -> type[nn.Module]:
@@ -138,7 +146,7 @@ def info(name: str) -> ModelInfo:
     """Registry metadata of model ``name`` (ValueError naming the valid names if unknown)."""
     _check(name)
     cls, _, layout, head, _ = _REGISTRY[name]
-    binary = issubclass(cls, _BINARY_BACKBONES)
+    binary = "spec" in _options(cls)
     return ModelInfo(name=name, head=head, binary=binary, torch_layout=layout,
                      estimator_fields=ESTIMATOR_FIELDS if binary else (),
                      options=tuple(sorted(_options(cls) + _head_options(name))))
@@ -155,9 +163,13 @@ def create_backbone(name: str, **overrides: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {', '.join(fields)}")
     kwargs = {**defaults, **overrides}
-    for field in ESTIMATOR_FIELDS:
-        if field in kwargs:
-            kwargs[field] = estimators.resolve(kwargs[field])
+    spec_changes = {SPEC_OPTIONS[k]: kwargs.pop(k) for k in SPEC_OPTIONS if k in kwargs}
+    if "spec" in fields:
+        spec = kwargs.get("spec", BinarySpec())
+        spec = BinarySpec(**spec) if isinstance(spec, Mapping) else spec
+        if not isinstance(spec, BinarySpec):
+            raise ValueError(f"spec of model {name!r} must be a BinarySpec or a mapping of its fields, got {spec!r}")
+        kwargs["spec"] = spec.replace(**spec_changes)
     for field in ("stage_sizes", "stage_modules"):
         if field in kwargs:
             kwargs[field] = tuple(kwargs[field])
@@ -189,7 +201,7 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     head_kwargs = {**head_defaults, **{k: kwargs.pop(k) for k in head_fields if k in kwargs}}
     head_cls = _head_class(name)
     if head_cls is SimpleBaseline:
-        _check_heatmap_head(name, head_kwargs.get("head", "real"), issubclass(cls, _BINARY_BACKBONES))
+        _check_heatmap_head(name, head_kwargs.get("head", "real"), "spec" in _options(cls))
     return head_cls(create_backbone(name, **kwargs), **head_args, **head_kwargs)
 
 

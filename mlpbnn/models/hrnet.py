@@ -66,9 +66,9 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
-from mlpbnn.estimators import Estimator
 from mlpbnn.models.resnet import BasicBlock, BinaryBlock, Bottleneck, binary_conv_partial, conv_partial, norm_partial
 from mlpbnn.models.simple_baseline import pose_init
+from mlpbnn.spec import BinarySpec
 
 Array = jax.Array
 ModuleDef = Callable[..., nn.Module]
@@ -239,24 +239,16 @@ class BinaryHRNetBackbone(HRNetBackbone):
     docstring); the estimator and weight options are those of ``BinaryResNetBackbone``.
 
     Attributes (beside HRNetBackbone's):
-      activation_estimator, weight_estimator: the binary convolutions' estimators (None: real).
-      share_estimator: one learnable theta for the network (False: one per binary conv).
+      spec: how every binary conv binarizes (``mlpbnn.BinarySpec``; one learnable theta for the
+        network unless ``spec.share`` is False).
       binary_fuse: binarise the transition and fuse convolutions too.
-      weight_norm, weight_scale, scale_in_backward, binary_init, pad_value: as BinaryConv's.
     """
 
-    activation_estimator: Estimator | None = None
-    weight_estimator: Estimator | None = None
-    share_estimator: bool = True
+    spec: BinarySpec = BinarySpec()
     binary_fuse: bool = False
-    weight_norm: str = "center"
-    weight_scale: str = "mean"
-    scale_in_backward: bool = True
-    binary_init: str = "xavier"
-    pad_value: float = 0.0
 
     def branch_parts(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int, ModuleDef | None, bool]:
-        binary_conv = binary_conv_partial(self)
+        binary_conv = binary_conv_partial(self, self.spec, self.dtype)
         block = functools.partial(BinaryBlock, conv=conv, norm=norm, binary_conv=binary_conv, variant="bireal")
         return block, 2, binary_conv if self.binary_fuse else None, True
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
-from mlpbnn.estimators import Estimator
+from mlpbnn.spec import INPUT_ROLE, WEIGHT_ROLE, BinarySpec, shared_theta
 
 Array = jax.Array
 ModuleDef = Callable[..., nn.Module]  # a Module class or a functools.partial of one
@@ -50,11 +50,6 @@ def torch_bias_init(fan_in: int) -> Callable[..., Array]:
 
 
 CONV_INITS = {"torch_default": torch_default_init, "torchvision": torchvision_conv_init}
-
-BINARY_INITS = {
-    "xavier": nn.initializers.xavier_uniform(),  # official BBC MetaConv2d
-    "reactnet": lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, 0.0, 1e-3),
-}
 
 
 def conv_partial(dtype: Any, kernel_init: Callable[..., Array]) -> ModuleDef:
@@ -135,8 +130,8 @@ class BinaryBlock(nn.Module):
     shortcut with downsampling: AvgPool(2, stride) -> real 1x1 conv -> BN, as
     ``downsample.0/1/2`` in the official code.
 
-    ``binary_conv`` is a ``BinaryConv`` partial with the estimators, shared thetas and weight
-    options bound; ``conv`` the real conv of the shortcut.
+    ``binary_conv`` is a ``BinaryConv`` partial with the spec and shared thetas bound; ``conv``
+    the real conv of the shortcut.
     """
 
     planes: int
@@ -167,26 +162,14 @@ class BinaryBlock(nn.Module):
         return L.PReLU(name="nonlinear")(out)
 
 
-def binary_conv_partial(backbone: Any) -> ModuleDef:
+def binary_conv_partial(owner: nn.Module, spec: BinarySpec, dtype: Any) -> ModuleDef:
     """The ``BinaryConv`` partial of a binary backbone (``BinaryResNetBackbone``, BHRNet's): its
-    estimators, the thetas shared by all its binary layers (``share_estimator``), its weight
-    options and initialiser. Called inside the backbone's compact ``__call__``, so the shared
+    ``spec`` and compute dtype, and the thetas shared by all its binary layers
+    (``spec.share``). Called inside the backbone's compact ``__call__`` (``owner``), so the shared
     thetas are the backbone's submodules ``input_estimator``/``weight_estimator``."""
-    if backbone.binary_init not in BINARY_INITS:
-        raise ValueError(f"binary_init must be one of {sorted(BINARY_INITS)}, got {backbone.binary_init!r}")
-
-    def shared(estimator: Estimator | None, name: str) -> L.EstimatorParams | None:
-        if not backbone.share_estimator or estimator is None or not estimator.learnable:
-            return None
-        return L.EstimatorParams(estimator, name=name)
-
-    return functools.partial(
-        L.BinaryConv, pad_value=backbone.pad_value, dtype=backbone.dtype,
-        input_estimator=backbone.activation_estimator, weight_estimator=backbone.weight_estimator,
-        input_theta=shared(backbone.activation_estimator, "input_estimator"),
-        weight_theta=shared(backbone.weight_estimator, "weight_estimator"),
-        weight_norm=backbone.weight_norm, weight_scale=backbone.weight_scale,
-        scale_in_backward=backbone.scale_in_backward, kernel_init=BINARY_INITS[backbone.binary_init])
+    return functools.partial(L.BinaryConv, spec=spec, dtype=dtype,
+                             input_theta=shared_theta(owner, spec, INPUT_ROLE),
+                             weight_theta=shared_theta(owner, spec, WEIGHT_ROLE))
 
 
 # -------------------------------------------------------------------------- backbones
@@ -268,24 +251,17 @@ class BinaryResNetBackbone(_ResNetBase):
 
     variant 'bireal' is the official BBC network (PReLU after the stem and after every add);
     'reactnet' adds ReActNet's learnable shifts (RSign, RPReLU) and has Bi-Real's stem
-    (no PReLU). Learnable estimators share one theta per network unless ``share_estimator``
-    is False (then each binary conv has its own).
+    (no PReLU). ``spec`` says how every binary conv binarizes; learnable estimators share one
+    theta per network unless ``spec.share`` is False (then each binary conv has its own).
     """
 
     variant: str = "bireal"
-    activation_estimator: Estimator | None = None
-    weight_estimator: Estimator | None = None
-    share_estimator: bool = True
-    weight_norm: str = "center"
-    weight_scale: str = "mean"
-    scale_in_backward: bool = True
-    binary_init: str = "xavier"
-    pad_value: float = 0.0
+    spec: BinarySpec = BinarySpec()
 
     def make_block(self, conv: ModuleDef, norm: ModuleDef) -> tuple[ModuleDef, int]:
         if self.variant not in ("bireal", "reactnet"):
             raise ValueError(f"variant must be 'bireal' or 'reactnet', got {self.variant!r}")
-        binary_conv = binary_conv_partial(self)
+        binary_conv = binary_conv_partial(self, self.spec, self.dtype)
         block = functools.partial(BinaryBlock, conv=conv, norm=norm, binary_conv=binary_conv, variant=self.variant)
         return block, BinaryBlock.expansion
 

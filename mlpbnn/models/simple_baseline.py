@@ -51,7 +51,8 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
-from mlpbnn.models.resnet import BINARY_INITS, norm_partial
+from mlpbnn.models.resnet import norm_partial
+from mlpbnn.spec import INPUT_ROLE, WEIGHT_ROLE, BinarySpec, shared_theta
 
 Array = jax.Array
 
@@ -128,27 +129,17 @@ class SimpleBaseline(nn.Module):
 
     def _real_deconv(self, dtype: Any) -> Any:
         def make(features: int, name: str) -> L.BinaryConvTranspose:
-            return L.BinaryConvTranspose(features, 4, 2, 1, dtype=dtype, kernel_init=pose_init, name=name)
+            return L.BinaryConvTranspose(features, 4, 2, 1, spec=L.REAL, dtype=dtype, kernel_init=pose_init, name=name)
         return make
 
     def _binary_deconv(self, dtype: Any) -> Any:
-        bb = self.backbone
-        act, weight = getattr(bb, "activation_estimator", None), getattr(bb, "weight_estimator", None)
-        if not hasattr(bb, "activation_estimator"):
-            raise ValueError(f"head='binary' needs a binary backbone, got {type(bb).__name__}")
+        """The backbone's spec and its shared thetas (the backbone's variables, in this shared scope)."""
+        spec = getattr(self.backbone, "spec", None)
+        if not isinstance(spec, BinarySpec):
+            raise ValueError(f"head='binary' needs a binary backbone, got {type(self.backbone).__name__}")
+        thetas = {"input_theta": shared_theta(self, spec, INPUT_ROLE),
+                  "weight_theta": shared_theta(self, spec, WEIGHT_ROLE)}
 
         def make(features: int, name: str) -> L.BinaryConvTranspose:
-            return L.BinaryConvTranspose(
-                features, 4, 2, 1, dtype=dtype, input_estimator=act, weight_estimator=weight,
-                input_theta=self._shared_theta(act, "input_estimator"),
-                weight_theta=self._shared_theta(weight, "weight_estimator"),
-                weight_norm=bb.weight_norm, weight_scale=bb.weight_scale, scale_in_backward=bb.scale_in_backward,
-                kernel_init=BINARY_INITS[bb.binary_init], name=name)
+            return L.BinaryConvTranspose(features, 4, 2, 1, spec=spec, dtype=dtype, name=name, **thetas)
         return make
-
-    def _shared_theta(self, estimator: Any, name: str) -> dict[str, Array] | None:
-        """The backbone's shared theta (its variables, in this shared scope), or None (per-layer
-        theta: ``share_estimator=False``, or a parameter-free estimator)."""
-        if estimator is None or not estimator.learnable or not self.backbone.share_estimator:
-            return None
-        return dict(self.variables[L.ESTIMATOR_COLLECTION][name])
