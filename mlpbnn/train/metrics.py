@@ -1,32 +1,27 @@
 """Metric output: ``workdir/metrics.jsonl`` (one JSON object per record, with ``step`` and
-``split``), TensorBoard scalars in ``workdir/tensorboard``, and the parameter overview."""
+``split``), TensorBoard scalars in ``workdir/tensorboard`` through clu's ``metric_writers``, and
+the parameter overview."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-import time
-import types
 from pathlib import Path
 from typing import Any
 
 
 class MetricWriter:
     """Writes on process 0 only; after a resume, ``truncate`` drops records past the restored step
-    so the log reads as one uninterrupted run."""
+    so the log reads as one uninterrupted run. TensorBoard tags are ``split/name``."""
 
     def __init__(self, workdir: Path, active: bool = True):
         self.active = active
         self.path = workdir / "metrics.jsonl"
         self._tb = None
         if active:
-            if "tensorflow" not in sys.modules:
-                # TensorBoard's writer would import all of TensorFlow (seconds, many threads) just to
-                # write event files; its 'notf' marker module selects the built-in pure-Python path.
-                sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-            self._tb = EventFileWriter(str(workdir / "tensorboard"))
+            from clu import metric_writers  # its SummaryWriter imports TensorFlow (about 4 s)
+
+            self._tb = metric_writers.SummaryWriter(str(workdir / "tensorboard"))
 
     def truncate(self, last_step: int) -> None:
         """Drops the records after ``last_step``, and a partial line (a kill or a full disk in the
@@ -45,10 +40,7 @@ class MetricWriter:
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        values = [summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in metrics.items()]
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary_pb2.Summary(value=values)))
+        self._tb.write_scalars(int(step), {f"{split}/{k}": float(v) for k, v in metrics.items()})
         self._tb.flush()
 
     def close(self) -> None:
