@@ -48,8 +48,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mlpbnn.data.base import HOST, Batch, Dataset, eval_pad_size, local_slice, stream_indices
-from mlpbnn.data.pipeline import ENDLESS, grain_stream, normalise_into, worker_processes
+from mlpbnn.data import pipeline
+from mlpbnn.data.base import HOST, Batch, Dataset
+from mlpbnn.data.pipeline import normalise_into, worker_processes
 from mlpbnn.pose import codec, geometry
 from mlpbnn.pose.skeleton import FLIP_PAIRS, JOINT_WEIGHTS
 
@@ -312,53 +313,39 @@ class Crop:
         return geometry.warp(image, geometry.affine_matrix(center, scale, 0.0, self.size_wh), self.size_wh)
 
 
-class _TrainBatch:
-    """grain map function: ``k`` -> this process's rows of the ``k``-th global batch of the stream
-    that starts at ``start``."""
+@dataclass(frozen=True)
+class _Boxes:
+    """Person boxes with their images and crop: ``pipeline.Examples`` for grain's workers."""
 
-    def __init__(self, records: Records, images: ImageSource, crop: Crop, start: int, global_batch: int,
-                 rows: slice):
-        self.records, self.images, self.crop = records, images, crop
-        self.start, self.global_batch, self.rows = int(start), int(global_batch), rows
+    records: Records
+    images: ImageSource
+    crop: Crop
 
-    def __call__(self, k: int) -> Batch:
-        pos = self.start + int(k) * self.global_batch
-        positions = np.arange(pos, pos + self.global_batch)[self.rows]
-        idx = stream_indices(int(positions[0]), len(positions), len(self.records), self.crop.seed)
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def train_batch(self, indices: np.ndarray, positions: np.ndarray) -> Batch:
         (h, w), (hh, hw) = self.crop.image_size, self.crop.heatmap_size
-        images = np.empty((len(idx), h, w, 3), np.float32)
-        heatmaps = np.empty((len(idx), hh, hw, NUM_JOINTS), np.float32)
-        weights = np.empty((len(idx), NUM_JOINTS), np.float32)
+        images = np.empty((len(indices), h, w, 3), np.float32)
+        heatmaps = np.empty((len(indices), hh, hw, NUM_JOINTS), np.float32)
+        weights = np.empty((len(indices), NUM_JOINTS), np.float32)
         r = self.records
-        for i, (j, p) in enumerate(zip(idx, positions, strict=True)):
+        for i, (j, p) in enumerate(zip(indices, positions, strict=True)):
             pixels, heatmaps[i], weights[i] = self.crop.train_example(
                 self.images.load(int(r.image_id[j])), r.joints[j], r.visible[j], r.center[j], r.scale[j], int(p))
             normalise_into(images[i], pixels)
         return {"images": images, "heatmaps": heatmaps, "target_weight": weights}
 
-
-class _EvalBatch:
-    """grain map function: ``k`` -> this process's rows of the ``k``-th evaluation batch, padded
-    with zeros after the last box and masked."""
-
-    def __init__(self, records: Records, images: ImageSource, crop: Crop, global_batch: int, rows: slice):
-        self.records, self.images, self.crop, self.global_batch, self.rows = records, images, crop, global_batch, rows
-
-    def __call__(self, k: int) -> Batch:
-        start = int(k) * self.global_batch
-        idx = np.arange(start, start + self.global_batch)[self.rows]
-        idx = idx[idx < len(self.records)]
-        n = self.rows.stop - self.rows.start
+    def eval_batch(self, indices: np.ndarray) -> Batch:
         h, w = self.crop.image_size
-        images = np.zeros((n, h, w, 3), np.float32)
+        images = np.empty((len(indices), h, w, 3), np.float32)
         r = self.records
-        for i, j in enumerate(idx):
+        for i, j in enumerate(indices):
             normalise_into(images[i], self.crop.eval_example(self.images.load(int(r.image_id[j])), r.center[j],
                                                              r.scale[j]))
-        host = {"image_id": r.image_id[idx], "center": r.center[idx], "scale": r.scale[idx],
-                "score": r.score[idx], "area": r.area[idx]}
-        host = {key: np.concatenate([v, np.zeros((n - len(v), *v.shape[1:]), v.dtype)]) for key, v in host.items()}
-        return {"images": images, "mask": (np.arange(n) < len(idx)).astype(np.float32), HOST: host}
+        host = {"image_id": r.image_id[indices], "center": r.center[indices], "scale": r.scale[indices],
+                "score": r.score[indices], "area": r.area[indices]}
+        return {"images": images, HOST: host}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,19 +450,15 @@ class CocoKeypoints(Dataset):
                       process_count: int = 1) -> Iterator[tuple[Batch, int]]:
         if not self.train_size:
             raise ValueError(f"{self.name}: the training annotations hold no person with a labelled keypoint")
-        rows = local_slice(global_batch, process_index, process_count)
-        fn = _TrainBatch(self.train_records, self.train_images, self.crop, position, global_batch, rows)
-        with contextlib.closing(grain_stream(fn, ENDLESS, self.workers, self.prefetch)) as batches:
-            for k, batch in enumerate(batches):
-                yield batch, int(position) + (k + 1) * global_batch
+        examples = _Boxes(self.train_records, self.train_images, self.crop)
+        yield from pipeline.train_batches(examples, self.crop.seed, position, global_batch, process_index,
+                                          process_count, self.workers, self.prefetch)
 
     def eval_batches(self, global_batch: int, process_index: int = 0,
                      process_count: int = 1) -> Iterator[Batch]:
-        rows = local_slice(global_batch, process_index, process_count)
-        fn = _EvalBatch(self.eval_records, self.val_images, self.crop, global_batch, rows)
-        length = eval_pad_size(self.eval_size, global_batch) // global_batch
-        with contextlib.closing(grain_stream(fn, length, self.workers, self.prefetch)) as batches:
-            yield from batches
+        examples = _Boxes(self.eval_records, self.val_images, self.crop)
+        yield from pipeline.eval_batches(examples, global_batch, process_index, process_count, self.workers,
+                                         self.prefetch)
 
 
 def crop_from_config(data_config: Any, seed: int) -> Crop:
