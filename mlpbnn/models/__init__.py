@@ -16,11 +16,15 @@ mapping or ``Estimator``:
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 
+from mlpbnn.binary import as_rules
+from mlpbnn.binary import binarize as binarize_model
 from mlpbnn.models.heads import Classifier
 from mlpbnn.models.hrnet import BinaryHRNetBackbone, HRNetBackbone, HRNetHead
 from mlpbnn.models.resnet import BinaryResNetBackbone, ResNetBackbone
@@ -149,7 +153,7 @@ def info(name: str) -> ModelInfo:
     binary = "spec" in _options(cls)
     return ModelInfo(name=name, head=head, binary=binary, torch_layout=layout,
                      estimator_fields=ESTIMATOR_FIELDS if binary else (),
-                     options=tuple(sorted(_options(cls) + _head_options(name))))
+                     options=tuple(sorted(_options(cls) + _head_options(name) + ("binarize",))))
 
 
 def create_backbone(name: str, **overrides: Any) -> nn.Module:
@@ -176,6 +180,58 @@ def create_backbone(name: str, **overrides: Any) -> nn.Module:
     return cls(**kwargs)
 
 
+def is_external(name: str) -> bool:
+    """Whether ``name`` is a user's model, ``package.module:Factory``, rather than a zoo name."""
+    return ":" in name
+
+
+def _factory(name: str) -> Any:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"model {name!r}: cannot import {module_name!r} ({e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"model {name!r}: {module_name} has no class or function {attr!r}")
+    return factory
+
+
+def _create_external(name: str, head_args: dict[str, Any], kwargs: Mapping[str, Any] | None = None,
+                     binarize: Any = None, **rest: Any) -> nn.Module:
+    """A user's model: ``Factory(**kwargs)`` (plus the head's argument and ``dtype`` where the
+    factory takes them), binarized by the rules ``binarize`` (``mlpbnn.binarize``) with the
+    ``SPEC_OPTIONS`` in ``rest`` applied to every binarizing rule's spec."""
+    unknown = sorted(set(rest) - set(SPEC_OPTIONS) - {"dtype"})
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: kwargs, binarize, dtype, "
+                         f"{', '.join(SPEC_OPTIONS)}")
+    factory = _factory(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass only the kwargs
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    fkw = dict(kwargs or {})
+    for key, value in {**head_args, **({"dtype": rest["dtype"]} if "dtype" in rest else {})}.items():
+        if key in params or takes_any:
+            fkw.setdefault(key, value)
+    try:
+        module = factory(**fkw)
+    except TypeError as e:
+        raise ValueError(f"model {name!r}: {e}") from None
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"model {name!r}: the factory returned {type(module).__name__}, not a flax.linen Module")
+    changes = {SPEC_OPTIONS[k]: v for k, v in rest.items() if k in SPEC_OPTIONS}
+    if changes and not binarize:
+        raise ValueError(f"model {name!r}: {', '.join(sorted(set(rest) - {'dtype'}))} need model.binarize rules")
+    if not binarize:
+        return module
+    rules = tuple(dataclasses.replace(r, spec=r.spec.replace(**changes)) if r.spec is not None else r
+                  for r in as_rules(binarize))
+    return binarize_model(module, rules)
+
+
 def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Model ``name``: ``create_backbone(name, ...)`` with its head on top (``model.backbone`` is
     the backbone).
@@ -184,8 +240,22 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     for a heatmap model, default 17), head options (heatmap models: ``head``, ``head_shortcut``,
     ...) and backbone overrides. A head argument of the other kind of head is refused
     (ValueError naming the valid one), as is an unknown option.
+
+    ``name`` may also be a user's model, ``package.module:Factory`` (a Linen class or a function
+    returning a module), with ``kwargs={...}`` for the factory and ``binarize=RULES``
+    (``mlpbnn.binarize``'s rules or their text form); the head's argument and ``dtype`` go to
+    the factory if it takes them; the binary options (``weight_estimator=None``, ...) change
+    every binarizing rule.
     """
+    if is_external(name):
+        head_args = {k: kwargs.pop(k) for k in HEAD_ARGS.values() if k in kwargs}
+        if num_classes is not None:
+            head_args["num_classes"] = num_classes
+        return _create_external(name, head_args, **kwargs)
     _check(name)
+    rules = kwargs.pop("binarize", None)
+    if rules:  # a zoo model's real layers binarized by rules (its own binary layers keep their spec)
+        return binarize_model(create(name, num_classes, **kwargs), as_rules(rules))
     cls, _, _, head, head_defaults = _REGISTRY[name]
     head_args = {k: kwargs.pop(k) for k in HEAD_ARGS.values() if k in kwargs}
     if num_classes is not None:

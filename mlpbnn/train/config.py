@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mlpbnn import data, estimators, models, tasks
+from mlpbnn.binary import as_rules, format_rules
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -75,7 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
                                      # backbone for a pose model), keep the others' init, ignore the rest
     c.progress_bar = True
 
-    c.model = ml_collections.ConfigDict({"name": "bireal_resnet18"})  # plus models.create overrides
+    # name: a zoo model plus models.create overrides, or a model of your own, "package.module:Factory",
+    # with model.kwargs = {...} for the factory; model.binarize: rules that binarize its layers
+    # (mlpbnn.binarize: Rule objects, or the text form "Conv@stem=real;Dense=real;Conv=mlp/approx_sign").
+    c.model = ml_collections.ConfigDict({"name": "bireal_resnet18"})
     # Estimators as NAME or NAME(key=value, ...), e.g. "mlp(init='positive')"; "none": real values.
     c.estimator = ml_collections.ConfigDict({"weights": "mlp", "activations": "approx_sign", "share": True})
     c.data = ml_collections.ConfigDict({"name": "digits", "dir": "", "augment": "none"})
@@ -191,15 +195,29 @@ def _check_optimizer(opt: Any, field: str) -> None:
         _fail(f"{field}.warmup_steps", f"must be >= 0, got {opt.warmup_steps}")
 
 
-def is_binary(model_name: str) -> bool:
-    return models.info(model_name).binary
+def is_binary(config: Any) -> bool:
+    """Whether ``config.model`` has binary layers: a binary zoo model, or rules that binarize."""
+    rules = any(rule.spec is not None for rule in as_rules(config.model.get("binarize") or ()))
+    return rules or (not models.is_external(config.model.name) and models.info(config.model.name).binary)
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
 def model_kwargs(config: Any, stage_weights: str | None = None) -> dict[str, Any]:
-    """models.create kwargs from config.model and config.estimator (binary models only); the
-    head's arguments come from the task."""
-    kw = {k: v for k, v in config.model.items() if k != "name"}
-    if is_binary(config.model.name):
+    """models.create kwargs from config.model and config.estimator (binary zoo models only); the
+    head's arguments come from the task. Rules (``model.binarize``) are given in their text
+    form, JSON-ready for the variables' metadata; they name their own estimators, so only stage
+    one of two-stage training (``stage_weights`` 'none') changes them: real weights."""
+    kw = {k: _plain(v) for k, v in config.model.items() if k != "name"}
+    if kw.get("binarize"):
+        kw["binarize"] = format_rules(as_rules(kw["binarize"]))
+        if stage_weights is not None and estimators.parse(stage_weights) is None:
+            kw["weight_estimator"] = None
+        return kw
+    kw.pop("binarize", None)
+    if is_binary(config):
         kw["weight_estimator"] = config.estimator.weights if stage_weights is None else stage_weights
         kw["activation_estimator"] = config.estimator.activations
         kw["share_estimator"] = config.estimator.share
@@ -208,8 +226,20 @@ def model_kwargs(config: Any, stage_weights: str | None = None) -> dict[str, Any
 
 def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     """Checks every field that can be checked without data or compilation."""
-    if config.model.name not in models.names():
-        _fail("model.name", f"{config.model.name!r} is not valid; choose one of {', '.join(models.names())}")
+    if config.model.name not in models.names() and not models.is_external(config.model.name):
+        _fail("model.name", f"{config.model.name!r} is not valid; choose one of {', '.join(models.names())} "
+                            "or a model of your own as package.module:Factory")
+    if config.model.get("binarize"):
+        try:
+            as_rules(config.model.binarize)
+        except ValueError as e:
+            _fail("model.binarize", str(e))
+        default = base_config().estimator
+        changed = [k for k in default if config.estimator.get(k) != default[k]]
+        zoo_binary = not models.is_external(config.model.name) and models.info(config.model.name).binary
+        if changed and not zoo_binary:
+            _fail(f"estimator.{changed[0]}", "a rule-binarized model takes its estimators from model.binarize; "
+                                             "set them in the rules' specs")
     for field in ("weights", "activations"):
         try:
             estimators.parse(config.estimator[field])
@@ -269,7 +299,7 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     if config.init_checkpoint and not Path(config.init_checkpoint).exists():
         _fail("init_checkpoint", f"{config.init_checkpoint} does not exist")
     if config.two_stage.enabled:
-        if not is_binary(config.model.name):
+        if not is_binary(config):
             _fail("two_stage.enabled", f"two-stage training needs a binary model, not {config.model.name!r}")
         if estimators.parse(config.estimator.weights) is None:
             _fail("two_stage.enabled", "stage two binarizes the weights: set estimator.weights")

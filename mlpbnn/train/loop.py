@@ -459,8 +459,12 @@ class Trainer:
         overview = parameter_overview(host(state.variables()))
         sizes = optim.partition_sizes(host(state.trainable), binary)
         head = f"stage {stage.index + 1}/{len(self.stages)}: " if len(self.stages) > 1 else ""
-        activations = self.config.estimator.activations if is_binary(self.config.model.name) else "-"
-        text = (f"{head}model {self.config.model.name} (weights: {stage.weights}, activations: {activations})\n"
+        if self.config.model.get("binarize"):
+            binarized = f"rules: {model_kwargs(self.config, stage.weights)['binarize']}"
+        else:
+            activations = self.config.estimator.activations if is_binary(self.config) else "-"
+            binarized = f"weights: {stage.weights}, activations: {activations}"
+        text = (f"{head}model {self.config.model.name} ({binarized})\n"
                 f"{overview}\noptimizer partitions: {sizes}\n\n{report.table()}\n")
         (self.workdir / f"summary_stage{stage.index + 1}.txt").write_text(text)
         t = report.totals()
