@@ -49,6 +49,10 @@ from mlpbnn import models
 from mlpbnn.variables_io import save_variables
 
 Path_ = tuple[str, ...]
+# The PyTorch key layouts the rules below map: torchvision's ResNets, the official BBC/Bi-Real code
+# (``binary_conv.weights``, ``meta_net``), ReActNet's code, SimpleBaseline's ``pose_resnet`` and
+# HRNet's ``pose_hrnet``; a registered model names its layout (``models.info(name).torch_layout``).
+LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet", "pose_hrnet")
 
 
 def _module_name(part: str) -> str:
@@ -58,9 +62,9 @@ def _module_name(part: str) -> str:
 
 def torch_key(path: Path_, layout: str) -> str:
     """The PyTorch state_dict key of a flattened Flax variable path (collection first), in the
-    key layout ``layout`` (``models.TORCH_LAYOUTS``: a model's ``models.info(name).torch_layout``)."""
-    if layout not in models.TORCH_LAYOUTS:
-        raise ValueError(f"unknown PyTorch layout {layout!r}; valid: {', '.join(models.TORCH_LAYOUTS)}")
+    key layout ``layout`` (``LAYOUTS``: a model's ``models.info(name).torch_layout``)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown PyTorch layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     collection, *modules, leaf = path
     names = [_module_name(m) for m in modules]
     if collection == "estimator":

@@ -49,16 +49,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlpbnn import layers, models, packed
+from mlpbnn import estimators, layers, models, packed
 from mlpbnn.conv import explicit_padding
 
 FORMAT = "mlpbnn-packed"
 VERSION = 1
 PROGRAM = "model.json"
 ARRAYS = "weights.npz"
-# Estimators whose forward pass is sign(x) (with their ``zero`` hparam at 0); ``classifier``'s is an
-# argmax of a learned function and cannot be replaced by a sign.
-SIGN_FORWARD = ("ste", "approx_sign", "swish_sign", "tanh", "ede", "fda", "reste", "mlp", "linear")
 DATASETS = ("digits", "fashion_mnist", "imagenet")
 BN_EPSILON = 1e-5  # mlpbnn.models' BatchNorm epsilon (PyTorch's), used when a module does not say
 
@@ -244,10 +241,11 @@ def check_binary_layer(path: str, m: nn.Module) -> float:
         raise ExportError(f"{path}: real-valued {which} (stage one of two-stage training?); only layers "
                           "with binary inputs and weights can be bit-packed")
     for what, est in (("activation", est_in), ("weight", est_w)):
-        if est.name not in SIGN_FORWARD:
+        if not est.spec.sign_forward:
+            exportable = [n for n in estimators.names() if estimators.REGISTRY[n].sign_forward]
             raise ExportError(f"{path}: the {what} estimator {est.name!r} does not compute sign(x) in its "
                               f"forward pass, so its +-1 values cannot be reproduced by XNOR-popcount; "
-                              f"exportable estimators: {', '.join(SIGN_FORWARD)}")
+                              f"exportable estimators: {', '.join(exportable)}")
     sign_zero = float(est_in.kwargs.get("zero", 1.0))
     if sign_zero == 0.0:
         raise ExportError(f"{path}: the activation estimator has zero=0 (sign(0) = 0), which has no "

@@ -25,7 +25,7 @@ Where to look:
 
 Each estimator is a function ``fn(hp, theta, x, progress)`` whose docstring has its forward and
 backward formula and its source (arXiv id), and an ``Hparams`` dataclass. Adding one: write both
-in ``free`` or ``learned`` and register them in ``registry.REGISTRY``.
+in ``free`` or ``learned`` and register them there (``base.register(name, Hparams, fn, ...)``).
 """
 
 from mlpbnn.estimators.base import Array, Hparams, Progress, Theta, sign

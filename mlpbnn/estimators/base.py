@@ -14,6 +14,8 @@ from typing import Any, ClassVar, NoReturn
 import jax
 import jax.numpy as jnp
 
+from mlpbnn.registry import Registry
+
 Array = jax.Array
 Theta = dict[str, Array]
 Progress = Array | float | None  # fraction of training done, in [0, 1]; None: not scheduled
@@ -149,3 +151,25 @@ class Hparams:
 
 
 SIGN_ZERO = (-1.0, 0.0, 1.0)  # the allowed values of sign(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One registered estimator: its hparams dataclass, its function ``fn(hp, theta, x, progress)``,
+    for learnable ones ``init(hp, key) -> theta`` (None: parameter-free), and whether its forward
+    pass is sign(x) (with its ``zero``), which bit-packed inference reproduces (``classifier``'s is
+    an argmax of a learned function)."""
+
+    hparams: type[Hparams]
+    fn: Callable[..., Array]
+    init: Callable[[Any, Array], Theta] | None = None
+    sign_forward: bool = True
+
+
+ESTIMATORS: Registry[Spec] = Registry("estimator")
+
+
+def register(name: str, hparams: type[Hparams], fn: Callable[..., Array],
+             init: Callable[[Any, Array], Theta] | None = None, sign_forward: bool = True) -> None:
+    """Registers estimator ``name`` (called where the estimator is defined)."""
+    ESTIMATORS.register(name, Spec(hparams, fn, init, sign_forward))

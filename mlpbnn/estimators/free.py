@@ -16,7 +16,18 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from mlpbnn.estimators.base import F32, SIGN_ZERO, Array, Hparams, Progress, Theta, check_no_theta, hparam, surrogate
+from mlpbnn.estimators.base import (
+    F32,
+    SIGN_ZERO,
+    Array,
+    Hparams,
+    Progress,
+    Theta,
+    check_no_theta,
+    hparam,
+    register,
+    surrogate,
+)
 
 # ------------------------------------------------------------------------------------------ STE
 
@@ -262,3 +273,9 @@ def reste(hp: ResteHparams, theta: Theta, x: Array, progress: Progress = None) -
     check_no_theta("reste", theta)
     o_now = hp.o if progress is None else reste_schedule(progress, hp.o)
     return surrogate(_reste_derivative, x, hp.zero, o=o_now, t=hp.t)
+
+
+for _name, _hparams, _fn in (("ste", SteHparams, ste), ("approx_sign", ApproxSignHparams, approx_sign),
+                             ("swish_sign", SwishSignHparams, swish_sign), ("tanh", TanhHparams, tanh),
+                             ("ede", EdeHparams, ede), ("fda", FdaHparams, fda), ("reste", ResteHparams, reste)):
+    register(_name, _hparams, _fn)

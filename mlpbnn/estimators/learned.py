@@ -17,7 +17,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from mlpbnn.estimators.base import F32, SIGN_ZERO, Array, Hparams, Progress, Theta, hparam, sign
+from mlpbnn.estimators.base import F32, SIGN_ZERO, Array, Hparams, Progress, Theta, hparam, register, sign
 from mlpbnn.estimators.mlp_backward import (
     ACTIVATIONS,
     BACKWARD_FORMS,
@@ -206,3 +206,9 @@ def classifier(hp: ClassifierHparams, theta: Theta, x: Array, progress: Progress
 
 def classifier_init(hp: ClassifierHparams, key: Array) -> Theta:
     return _torch_linear_init(key, (1, 2) if hp.hidden == 0 else (1, hp.hidden, 2), hp.bias)
+
+
+register("mlp", MlpHparams, mlp, mlp_init)
+register("linear", LinearHparams, linear, linear_init)
+# classifier's forward is the argmax of a learned function, not sign(x): not bit-packable.
+register("classifier", ClassifierHparams, classifier, classifier_init, sign_forward=False)

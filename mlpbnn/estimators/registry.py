@@ -7,43 +7,22 @@ import ast
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mlpbnn.estimators import free, learned
-from mlpbnn.estimators.base import F32, Array, Hparams, Progress, Theta
+from mlpbnn.estimators import free, learned  # noqa: F401 - each registers its estimators
+from mlpbnn.estimators.base import ESTIMATORS, F32, Array, Hparams, Progress, Spec, Theta
 
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """One registered estimator: its hparams dataclass, its function ``fn(hp, theta, x, progress)``
-    and, for learnable ones, ``init(hp, key) -> theta`` (None: parameter-free)."""
-
-    hparams: type[Hparams]
-    fn: Callable[..., Array]
-    init: Callable[[Any, Array], Theta] | None = None
-
-
-REGISTRY: dict[str, Spec] = {
-    "ste": Spec(free.SteHparams, free.ste),
-    "approx_sign": Spec(free.ApproxSignHparams, free.approx_sign),
-    "swish_sign": Spec(free.SwishSignHparams, free.swish_sign),
-    "tanh": Spec(free.TanhHparams, free.tanh),
-    "ede": Spec(free.EdeHparams, free.ede),
-    "fda": Spec(free.FdaHparams, free.fda),
-    "reste": Spec(free.ResteHparams, free.reste),
-    "mlp": Spec(learned.MlpHparams, learned.mlp, learned.mlp_init),
-    "linear": Spec(learned.LinearHparams, learned.linear, learned.linear_init),
-    "classifier": Spec(learned.ClassifierHparams, learned.classifier, learned.classifier_init),
-}
+# Each estimator registers itself where it is defined (``base.register`` in free.py, learned.py).
+REGISTRY = ESTIMATORS
 
 
 def names() -> list[str]:
     """The registered estimator names."""
-    return sorted(REGISTRY)
+    return REGISTRY.names()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,18 +1,50 @@
-"""Heads on top of a backbone (a module returning a tuple of feature maps, e.g. one per stage)."""
+"""Heads on top of a backbone (a module returning a tuple of feature maps, e.g. one per stage):
+the ``Head`` contract and the classifier; PyTorch's default initialisers."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mlpbnn import layers as L
-from mlpbnn.models.resnet import torch_bias_init, torch_default_init
+from mlpbnn.models.registry import HEADS
 
 Array = jax.Array
 
+# PyTorch's default init for conv and linear weights (kaiming_uniform with a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); torchvision's ResNet convs use kaiming_normal(fan_out).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+torchvision_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-class Classifier(nn.Module):
+
+def torch_bias_init(fan_in: int) -> Callable[..., Array]:
+    """PyTorch's default bias init of a layer with ``fan_in`` inputs: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Head(nn.Module):
+    """A head module: built as ``cls(backbone, <head_arg>=..., **options)``, its variables at the
+    top level beside the backbone's (``nn.share_scope``).
+
+    Class variables: ``kind`` ('classifier': logits, or 'heatmap': one heatmap per joint) and
+    ``head_arg``, the argument ``models.create`` takes for it (``num_classes``, ``num_joints``).
+    """
+
+    kind: ClassVar[str] = ""
+    head_arg: ClassVar[str] = ""
+
+    @classmethod
+    def check_backbone(cls, name: str, backbone: nn.Module, **options: Any) -> None:
+        """Raises ValueError (naming model ``name``) if ``options`` do not suit ``backbone``."""
+
+
+@HEADS("classifier")
+class Classifier(Head):
     """Image classifier: ``backbone`` -> global average pool of its last feature map -> ``fc``.
 
     The backbone shares this module's scope (``nn.share_scope``), so its variables sit at the top
@@ -24,6 +56,9 @@ class Classifier(nn.Module):
 
     backbone: nn.Module
     num_classes: int = 1000
+
+    kind: ClassVar[str] = "classifier"
+    head_arg: ClassVar[str] = "num_classes"
 
     def setup(self) -> None:
         nn.share_scope(self, self.backbone)

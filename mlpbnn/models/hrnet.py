@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -66,6 +66,8 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
+from mlpbnn.models.heads import Head
+from mlpbnn.models.registry import HEADS, register_model
 from mlpbnn.models.resnet import BasicBlock, BinaryBlock, Bottleneck, binary_conv_partial, conv_partial, norm_partial
 from mlpbnn.models.simple_baseline import pose_init
 from mlpbnn.spec import BinarySpec
@@ -253,13 +255,17 @@ class BinaryHRNetBackbone(HRNetBackbone):
         return block, 2, binary_conv if self.binary_fuse else None, True
 
 
-class HRNetHead(nn.Module):
+@HEADS("hrnet")
+class HRNetHead(Head):
     """Heatmap model: ``backbone`` (an HRNet) -> ``final_layer``, a 1x1 conv with bias on its
     branch-0 map (stride 4), initialised N(0, 0.001), bias 0; always real. Returns (B, H/4, W/4,
     num_joints) heatmaps in at least float32. Variables at the top level beside the backbone's."""
 
     backbone: nn.Module
     num_joints: int = 17
+
+    kind: ClassVar[str] = "heatmap"
+    head_arg: ClassVar[str] = "num_joints"
 
     def setup(self) -> None:
         nn.share_scope(self, self.backbone)
@@ -272,3 +278,11 @@ class HRNetHead(nn.Module):
                         kernel_init=pose_init, bias_init=nn.initializers.zeros,
                         conv_general_dilated=conv_general_dilated, name="final_layer")
         return final(y.astype(dtype))
+
+
+# HRNet (arXiv 1902.09212; lib/models/pose_hrnet.py) and BHRNet, its binary twin.
+for _width in (32, 48):
+    register_model(f"hrnet_w{_width}", HRNetBackbone, head="hrnet", torch_layout="pose_hrnet",
+                   defaults={"width": _width})
+    register_model(f"bhrnet_w{_width}", BinaryHRNetBackbone, head="hrnet", torch_layout="bbc",
+                   defaults={"width": _width})

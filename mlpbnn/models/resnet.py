@@ -32,22 +32,12 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
+from mlpbnn.models.heads import torch_default_init, torchvision_conv_init
+from mlpbnn.models.registry import register_model
 from mlpbnn.spec import INPUT_ROLE, WEIGHT_ROLE, BinarySpec, shared_theta
 
 Array = jax.Array
 ModuleDef = Callable[..., nn.Module]  # a Module class or a functools.partial of one
-
-# PyTorch's default init for conv and linear weights (kaiming_uniform with a=sqrt(5)):
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); torchvision's ResNet convs use kaiming_normal(fan_out).
-torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-torchvision_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def torch_bias_init(fan_in: int) -> Callable[..., Array]:
-    """PyTorch's default bias init of a layer with ``fan_in`` inputs: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / fan_in ** 0.5
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
 
 CONV_INITS = {"torch_default": torch_default_init, "torchvision": torchvision_conv_init}
 
@@ -267,3 +257,22 @@ class BinaryResNetBackbone(_ResNetBase):
 
     def stem_activation(self, x: Array) -> Array:
         return L.PReLU(name="nonlinear")(x) if self.variant == "bireal" else x
+
+
+# -------------------------------------------------------------------------- the registered models
+
+STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+BINARY_STAGES = {18: (4, 4, 4, 4), 34: (6, 8, 12, 6)}  # one conv per block: twice the blocks
+
+for _depth, _block in ((18, "basic"), (34, "basic"), (50, "bottleneck")):
+    register_model(f"resnet{_depth}", ResNetBackbone, head="classifier", torch_layout="torchvision",
+                   defaults={"stage_sizes": STAGES[_depth], "block": _block})
+for _depth in (18, 34):  # the official BBC network (default BinarySpec: the BBC layer)
+    register_model(f"bireal_resnet{_depth}", BinaryResNetBackbone, head="classifier", torch_layout="bbc",
+                   defaults={"stage_sizes": BINARY_STAGES[_depth], "variant": "bireal"})
+# ReActNet's HardBinaryConv: clipped STE through clamp(W, -1, 1), no centring, mean |W| scale in
+# the forward only, latent weights initialised U(0, 0.001) as in its code.
+register_model("reactnet_resnet18", BinaryResNetBackbone, head="classifier", torch_layout="reactnet",
+               defaults={"stage_sizes": BINARY_STAGES[18], "variant": "reactnet",
+                         "spec": BinarySpec(weights="ste", weight_norm="none", scale_in_backward=False,
+                                            init="reactnet")})

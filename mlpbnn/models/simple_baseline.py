@@ -43,7 +43,7 @@ as the PyTorch modules with ``.`` as ``_`` (``deconv_layers_0``, ``final_layer``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -51,7 +51,9 @@ import jax.numpy as jnp
 
 from mlpbnn import layers as L
 from mlpbnn.conv import conv_general_dilated
-from mlpbnn.models.resnet import norm_partial
+from mlpbnn.models.heads import Head
+from mlpbnn.models.registry import HEADS, register_model
+from mlpbnn.models.resnet import BINARY_STAGES, STAGES, BinaryResNetBackbone, ResNetBackbone, norm_partial
 from mlpbnn.spec import INPUT_ROLE, WEIGHT_ROLE, BinarySpec, shared_theta
 
 Array = jax.Array
@@ -78,7 +80,8 @@ def upsample_shortcut(x: Array, features: int) -> Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-class SimpleBaseline(nn.Module):
+@HEADS("simple_baseline")
+class SimpleBaseline(Head):
     """Heatmap model: ``backbone`` -> deconvolution head -> ``final_layer``.
 
     Attributes:
@@ -99,6 +102,16 @@ class SimpleBaseline(nn.Module):
     head_shortcut: bool = True
     deconv_features: int = 256
     num_deconvs: int = 3
+
+    kind: ClassVar[str] = "heatmap"
+    head_arg: ClassVar[str] = "num_joints"
+
+    @classmethod
+    def check_backbone(cls, name: str, backbone: nn.Module, head: Any = "real", **options: Any) -> None:
+        if head not in HEAD_TYPES:
+            raise ValueError(f"head must be one of {HEAD_TYPES} for model {name!r}, got {head!r}")
+        if head == "binary" and not isinstance(getattr(backbone, "spec", None), BinarySpec):
+            raise ValueError(f"head='binary' needs a binary backbone; {name!r} is full precision")
 
     def setup(self) -> None:
         nn.share_scope(self, self.backbone)
@@ -143,3 +156,14 @@ class SimpleBaseline(nn.Module):
         def make(features: int, name: str) -> L.BinaryConvTranspose:
             return L.BinaryConvTranspose(features, 4, 2, 1, spec=spec, dtype=dtype, name=name, **thetas)
         return make
+
+
+# SimpleBaseline (arXiv 1804.06208) on torchvision ResNets: the official pose_resnet.
+for _depth, _block in ((18, "basic"), (34, "basic"), (50, "bottleneck")):
+    register_model(f"simple_baseline_resnet{_depth}", ResNetBackbone, head="simple_baseline",
+                   torch_layout="pose_resnet", defaults={"stage_sizes": STAGES[_depth], "block": _block})
+# SBPN (BBC, arXiv 2205.07433): the Bi-Real/BBC binary ResNet with a binary SimpleBaseline head.
+for _depth in (18, 34):
+    register_model(f"sbpn_resnet{_depth}", BinaryResNetBackbone, head="simple_baseline", torch_layout="bbc",
+                   defaults={"stage_sizes": BINARY_STAGES[_depth], "variant": "bireal"},
+                   head_defaults={"head": "binary"})
