@@ -18,6 +18,7 @@ switch off with
 ``--config.optimizer.epoch_start_quirk=False --config.optimizer.estimator.epoch_start_quirk=False``.
 """
 
+from mlpbnn import data
 from mlpbnn.train.config import base_config
 
 
@@ -31,7 +32,7 @@ def get_config(model: str = "bireal_resnet18", stage_sizes: tuple[int, ...] = (4
     c.estimator.weights = "mlp"              # the official MetaConv_v2 with torch's default init
     c.estimator.activations = "approx_sign"
     c.estimator.share = True                 # one MLP for the whole network, as the official code
-    c.data.name = "imagenet"
+    c.data = data.section("imagenet")
     c.data.manual_dir = ""                   # folder with ILSVRC2012_img_{train,val}.tar
     c.data.data_dir = ""                     # prepared TFDS data ('' : $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.data.image_size = 224

@@ -8,6 +8,7 @@ the paper's ImageNet runs (Bi-Real blocks, BBC MLP on weights, ApproxSign on act
 with linear decay, the estimator's own Adam), scaled to a CPU.
 """
 
+from mlpbnn import data
 from mlpbnn.train.config import base_config
 
 
@@ -21,7 +22,7 @@ def get_config():
     c.model.stage_sizes = (1, 1, 1)
     c.estimator.weights = "mlp(init='positive')"
     c.estimator.activations = "approx_sign"
-    c.data.name = "fashion_mnist"
+    c.data = data.section("fashion_mnist")
     c.data.dir = ""
     c.data.augment = "crop_flip"
     c.batch_size = 128

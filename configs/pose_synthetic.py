@@ -16,7 +16,7 @@ from mlpbnn.train.config import base_config, keypoints_config
 
 
 def get_config():
-    c = keypoints_config(base_config())
+    c = keypoints_config(base_config(), "pose_synthetic")
     c.seed = 0
     c.model.name = "sbpn_resnet18"
     c.model.small_inputs = True              # 3x3 stride-1 stem, no max-pool: stride 8, 8x6 at 64x48
@@ -27,7 +27,6 @@ def get_config():
     c.model.deconv_features = 64
     c.estimator.weights = "mlp(init='positive')"
     c.estimator.activations = "approx_sign"
-    c.data.name = "pose_synthetic"
     c.data.num_train = 4000
     c.data.num_val = 200
     c.data.image_size = (64, 48)

@@ -49,14 +49,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlpbnn import estimators, layers, models, packed
+from mlpbnn import data, estimators, layers, models, packed
 from mlpbnn.conv import explicit_padding
 
 FORMAT = "mlpbnn-packed"
 VERSION = 1
 PROGRAM = "model.json"
 ARRAYS = "weights.npz"
-DATASETS = ("digits", "fashion_mnist", "imagenet")
 BN_EPSILON = 1e-5  # mlpbnn.models' BatchNorm epsilon (PyTorch's), used when a module does not say
 
 
@@ -67,33 +66,26 @@ class ExportError(ValueError):
 # ------------------------------------------------------------------------------------------- input spec
 
 
+def input_datasets() -> list[str]:
+    """The registered datasets with an input preprocessing for export (``--dataset`` presets)."""
+    return [n for n in data.names() if data.DATASETS.get(n).input_spec is not None]
+
+
 def input_spec(dataset: str, image_size: int | None = None, eval_resize: int = 256,
                resize_method: str = "bilinear") -> dict[str, Any]:
     """How images are turned into the network's input, as the training data was:
-    ``x = (pixel / 255 - mean) / std`` per channel after resizing.
-
-    - digits (scikit-learn's 8x8 digits, ``mlpbnn.data.small.digits``): pixel values 0..16 (16 =
-      ink, white on black) mapped to v / 8 - 1, i.e. mean 0.5, std 0.5 on the 0..1 scale; image
-      files are converted to grayscale and resized to 8x8 (area filter);
-    - fashion_mnist: 28x28 grayscale, the training set's mean 0.2860 and std 0.3530;
-    - imagenet: RGB, shorter side to ``round(image_size * eval_resize / 224)``, centre crop of
-      ``image_size`` (``mlpbnn.data.imagenet``'s evaluation), ImageNet mean and std.
-    """
-    if dataset == "digits":
-        return {"dataset": dataset, "height": 8, "width": 8, "channels": 1, "mode": "L", "mean": [0.5],
-                "std": [0.5], "resize": "stretch", "filter": "area",
-                "note": "scikit-learn digits: 0..16 -> v/8 - 1; white ink on black; a .npy batch holds that"}
-    if dataset == "fashion_mnist":
-        from mlpbnn.data.small import FASHION_MEAN, FASHION_STD
-        return {"dataset": dataset, "height": 28, "width": 28, "channels": 1, "mode": "L", "mean": [FASHION_MEAN],
-                "std": [FASHION_STD], "resize": "stretch", "filter": "bilinear"}
-    if dataset == "imagenet":
-        from mlpbnn.data.imagenet import MEAN, STD
-        size = int(image_size or 224)
-        return {"dataset": dataset, "height": size, "width": size, "channels": 3, "mode": "RGB",
-                "mean": [float(v) for v in MEAN], "std": [float(v) for v in STD], "resize": "shorter_side_center_crop",
-                "shorter_side": int(round(size * eval_resize / 224)), "filter": resize_method}
-    raise ExportError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    ``x = (pixel / 255 - mean) / std`` per channel after resizing, from the dataset's
+    registration (``mlpbnn.data``: its ``input_spec``), e.g. digits' 8x8 grayscale with 0..16 ->
+    v / 8 - 1, ImageNet's shorter side to ``round(image_size * eval_resize / 224)`` and a centre
+    crop. ``image_size``, ``eval_resize`` and ``resize_method`` set those fields of the dataset's
+    section where it has them."""
+    if dataset not in input_datasets():
+        raise ExportError(f"unknown dataset {dataset!r}; valid: {', '.join(input_datasets())}")
+    entry = data.DATASETS.get(dataset)
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    given = {"image_size": image_size, "eval_resize": eval_resize, "resize_method": resize_method}
+    section = entry.config(**{k: v for k, v in given.items() if k in fields and v is not None})
+    return entry.input_spec(section)
 
 
 def spec_from_workdir(variables_dir: str | Path) -> dict[str, Any] | None:
@@ -102,11 +94,12 @@ def spec_from_workdir(variables_dir: str | Path) -> dict[str, Any] | None:
     config = Path(variables_dir).absolute().parent / "config.json"
     if not config.is_file():
         return None
-    data = json.loads(config.read_text()).get("data", {})
-    if data.get("name") not in DATASETS:
+    section = json.loads(config.read_text()).get("data", {})
+    name = section.get("name")
+    if name not in data.names() or data.DATASETS.get(name).input_spec is None:
         return None
-    return input_spec(data["name"], data.get("image_size") or None, data.get("eval_resize") or 256,
-                      data.get("resize_method") or "bilinear")
+    return input_spec(name, section.get("image_size") or None, section.get("eval_resize") or 256,
+                      section.get("resize_method") or "bilinear")
 
 
 # ------------------------------------------------------------------------------------------- tracing
@@ -459,7 +452,7 @@ def export(variables_dir: str | Path, out_dir: str | Path, *, dataset: str | Non
         spec = spec_from_workdir(variables_dir)
         if spec is None:
             raise ExportError(f"no input spec: {Path(variables_dir).absolute().parent}/config.json not found or "
-                              f"without a known data.name; pass --dataset ({', '.join(DATASETS)})")
+                              f"without a known data.name; pass --dataset ({', '.join(input_datasets())})")
         if image_size:
             spec = input_spec(spec["dataset"], image_size)
     program, arrays = build(variables, meta["model"], meta["model_kwargs"], spec)
@@ -477,7 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlpbnn.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("variables_dir", help="variables checkpoint (a run's workdir/variables)")
     parser.add_argument("out_dir", help="the export directory to write")
-    parser.add_argument("--dataset", choices=DATASETS, help="input spec preset (default: from workdir/config.json)")
+    parser.add_argument("--dataset", choices=input_datasets(),
+                        help="input spec preset (default: from workdir/config.json)")
     parser.add_argument("--image-size", type=int, default=None, help="input size (imagenet; default 224)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     args = parser.parse_args(argv)

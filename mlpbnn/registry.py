@@ -32,7 +32,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str, item: T) -> T:
         """Registers ``item`` as ``name`` (a second, different item of the same name is an error)."""
-        if name in self._items and self._items[name] is not item:
+        if name in self._items and self._items[name] is not item and self._items[name] != item:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = item
         return item
@@ -84,8 +84,9 @@ def _default(field: dataclasses.Field) -> Any:
 
 def from_section(cls: type[T], section: Mapping[str, Any] | None, where: str, ignore: tuple[str, ...] = ()) -> T:
     """``cls(**section)``, with ints where the field is a float, lists as tuples, and every error
-    (an unknown field, a wrong type, the dataclass's own checks) as one ``SectionError`` naming
-    ``where.field``. Keys in ``ignore`` (e.g. the section's ``name``) are skipped."""
+    (an unknown field, a wrong type, the dataclass's own checks, whose messages start with the
+    field they name: ``'augment: ...'``) as one ``SectionError`` naming ``config.where.field``.
+    Keys in ``ignore`` (e.g. the section's ``name``) are skipped."""
     values = dict(section.items()) if section is not None else {}
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields) - set(ignore))
@@ -103,9 +104,12 @@ def from_section(cls: type[T], section: Mapping[str, Any] | None, where: str, ig
         return cls(**kwargs)
     except SectionError:
         raise
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # a check's message starts with the field it names ("field: ...")
         message = str(e)
-        raise SectionError(message if message.startswith("config.") else f"config.{where}: {message}") from None
+        if message.startswith("config."):
+            raise SectionError(message) from None
+        field = message.split(":", 1)[0]
+        raise SectionError(f"config.{where}.{message}" if field in fields else f"config.{where}: {message}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

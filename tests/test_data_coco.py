@@ -177,7 +177,7 @@ def test_bad_files_are_refused_before_training(tmp_path):
     shutil.copytree(SAMPLE, images, ignore=shutil.ignore_patterns("000000040083.jpg"))
     with pytest.raises(FileNotFoundError, match=r"000000040083.jpg: image 40083 of the train split is missing"):
         coco.CocoKeypoints.from_config(sample_config(train_images=str(images)), 0)
-    with pytest.raises(ValueError, match=r"data.final_boxes='det' needs data.det_file"):
+    with pytest.raises(ValueError, match=r"config.data.final_boxes: 'det' needs data.det_file"):
         coco.CocoKeypoints.from_config(sample_config(det_file=""), 0)
-    with pytest.raises(ValueError, match=r"data.heatmap_size \(10, 10\) must keep the aspect"):
+    with pytest.raises(ValueError, match=r"config.data.heatmap_size: \(10, 10\) must keep the aspect"):
         coco.CocoKeypoints.from_config(sample_config(heatmap_size=(10, 10)), 0)

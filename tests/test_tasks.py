@@ -16,14 +16,14 @@ import pytest
 
 from mlpbnn import models, tasks
 from mlpbnn.data.small import digits
-from mlpbnn.tasks.base import Task, gather_rows
+from mlpbnn.tasks.base import Evaluator, Task, gather_rows
 from mlpbnn.train import ConfigError, base_config, run
 from mlpbnn.train.checkpoint import Checkpoints
 from mlpbnn.train.metrics import read_metrics
 from mlpbnn.variables_io import load_variables
 
 
-class AbsErrorEvaluator:
+class AbsErrorEvaluator(Evaluator):
     """Keeps every real example's absolute error on the host; the mean over all processes."""
 
     def __init__(self):

@@ -16,6 +16,7 @@ import torch
 
 from mlpbnn.data import coco
 from mlpbnn.pose import codec
+from mlpbnn.pose.eval_config import PoseEvalConfig
 from mlpbnn.pose.evaluate import STAT_NAMES
 from mlpbnn.pose.upper_bound import crop_targets, upper_bound
 from mlpbnn.tasks import keypoints as K
@@ -72,7 +73,7 @@ def test_pck_is_hrnets_accuracy():
 
 
 def _task(**kw) -> K.Keypoints:
-    return K.Keypoints(coco=None, heatmap_shape=(16, 12, 17), **kw)
+    return K.Keypoints(coco=None, heatmap_shape=(16, 12, 17), eval=PoseEvalConfig(**kw))
 
 
 def test_flip_test_averages_with_the_mirrored_crop_flipped_back_and_shifted():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpbnn import models
+from mlpbnn import data, models
 from mlpbnn.train import ConfigError
 from mlpbnn.train.config import validate
 from tests.utils_train import cli, tiny
@@ -20,8 +20,16 @@ def test_bad_configs_fail_with_the_field_named(tmp_path):
         ({"batch_size": 12}, r"config.batch_size: 12 is not divisible by the 8 devices"),
         ({"data.name": "cifar"}, r"config.data.name: 'cifar' is not valid"),
         ({"teacher.checkpoint": str(tmp_path / "none")}, r"config.teacher.checkpoint: .* does not exist"),
-        ({"data.name": "imagenet", "data.data_dir": str(tmp_path / "tfds"), "data.manual_dir": ""},
+        ({"data": data.section("imagenet", data_dir=str(tmp_path / "tfds"))},
          r"config.data.manual_dir: imagenet2012 is not prepared"),
+        ({"data": data.section("imagenet", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "no"))},
+         r"config.data.manual_dir: .*/no is not a directory"),
+        ({"data.name": "imagenet"}, r"config.data.augment: not a field of this section; valid: data_dir"),
+        ({"data": data.section("coco", image_size=(64, 47), heatmap_size=(16, 16))},
+         r"config.data.heatmap_size: \(16, 16\) must keep the aspect"),
+        ({"data": data.section("coco", workers="2")}, r"config.data.workers: expected int, got '2'"),
+        ({"eval": {"decode": "soft"}, "task": "keypoints", "model.name": "sbpn_resnet18",
+          "data": data.section("pose_synthetic")}, r"config.eval.decode: must be one of quarter, dark"),
         ({"checkpoint_every_steps": 3}, r"config.checkpoint_every_steps: 3 must be a multiple of log_every_steps"),
         ({"optimizer.estimator.schedule": "step"}, r"config.optimizer.estimator.milestones"),
         ({"optimizer.grad_clip_norm": -1.0}, r"config.optimizer.grad_clip_norm: must be a finite number in \[0, inf\)"),
@@ -60,7 +68,7 @@ def test_inheriting_config_loads_outside_the_repo_root(config, tmp_path):
                          ids=lambda p: p.name)
 def test_every_config_file_is_valid(path, tmp_path):
     """Every recipe in configs/ loads and passes validation on 8 devices (what train.py checks first;
-    the ImageNet ones given a folder for their tars)."""
+    the ImageNet ones given a folder for their tars, the COCO ones a detection file)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -69,6 +77,8 @@ def test_every_config_file_is_valid(path, tmp_path):
     config = module.get_config()
     if config.data.name == "imagenet":
         config.data.manual_dir = str(tmp_path)
+    if config.data.name == "coco":
+        config.data.det_file = str(tmp_path / "detections.json")
     validate(config, 8)
     if config.task == "keypoints":
         assert models.info(config.model.name).head == "heatmap"

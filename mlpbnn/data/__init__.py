@@ -1,37 +1,63 @@
-"""Datasets by name: ``create(config.data, seed)``.
+"""Datasets by name: each dataset's module registers it (``base.register_dataset``) with its config
+section, a frozen dataclass that is the one home of its defaults and checks.
 
-- ``digits``: scikit-learn's digits, embedded (the quick start's default);
-- ``fashion_mnist``: Fashion-MNIST from its IDX files (``data.dir``);
-- ``imagenet``: ILSVRC2012 through tensorflow-datasets (``mlpbnn.data.imagenet``);
-- ``coco``: COCO person keypoints, top-down (``mlpbnn.data.coco``);
+- ``digits``: scikit-learn's digits, embedded (the quick start's default; ``small.py``);
+- ``fashion_mnist``: Fashion-MNIST from its IDX files (``small.py``);
+- ``imagenet``: ILSVRC2012 through tensorflow-datasets (``imagenet/``);
+- ``coco``: COCO person keypoints, top-down (``coco.py``);
 - ``pose_synthetic``: generated stick figures in COCO's format through the same pipeline
-  (``mlpbnn.data.synthetic_pose``; the pose quick start).
+  (``coco.py`` + ``synthetic_pose.py``; the pose quick start).
+
+``section(name, **overrides)`` is the ``data`` config section of a dataset at its defaults;
+``parse(config.data)`` checks one (``SectionError`` naming the field); ``create(config.data,
+seed)`` builds the dataset. A new dataset is one module that registers itself, imported here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mlpbnn.data.base import Dataset
+import ml_collections
 
-NAMES = ("digits", "fashion_mnist", "imagenet", "coco", "pose_synthetic")
+from mlpbnn.data import coco, imagenet, small  # noqa: F401 - each registers its datasets
+from mlpbnn.data.base import DATASETS, Dataset, DatasetEntry
+from mlpbnn.registry import SectionError, from_section, section_dict
+
+__all__ = ["DATASETS", "Dataset", "DatasetEntry", "SectionError", "check", "create", "names", "parse", "section"]
+
+
+def names() -> list[str]:
+    return DATASETS.names()
+
+
+def section(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """``data`` for dataset ``name``: ``name`` and its section's fields at their defaults."""
+    c = ml_collections.ConfigDict({"name": name})
+    c.update(section_dict(DATASETS.get(name).config, **overrides))
+    return c
+
+
+def parse(data_config: Any) -> Any:
+    """The section dataclass of ``config.data`` (its ``name`` picks the dataset); unknown names,
+    unknown fields and bad values are a ``SectionError`` naming the field."""
+    name = data_config.get("name", "")
+    if name not in DATASETS:
+        raise SectionError(f"config.data.name: {name!r} is not valid; choose one of {', '.join(names())}")
+    entry = DATASETS.get(name)
+    return from_section(entry.config, data_config, "data", ignore=("name",))
+
+
+def check(data_config: Any) -> None:
+    """``parse`` and the dataset's checks of its files (missing data found before any work)."""
+    parsed = parse(data_config)
+    try:
+        DATASETS.get(data_config.name).check_files(parsed)
+    except ValueError as e:
+        message = str(e)
+        raise SectionError(f"config.data.{message}" if message.split(":", 1)[0] in parsed.__dataclass_fields__
+                           else f"config.data: {message}") from None
 
 
 def create(data_config: Any, seed: int) -> Dataset:
-    name = data_config.name
-    if name == "digits":
-        from mlpbnn.data.small import digits
-        return digits(seed, augment=data_config.get("augment", "none"))
-    if name == "fashion_mnist":
-        from mlpbnn.data.small import fashion_mnist
-        return fashion_mnist(data_config.get("dir", ""), seed, augment=data_config.get("augment", "none"))
-    if name == "imagenet":
-        from mlpbnn.data.imagenet import ImageNet
-        return ImageNet.from_config(data_config, seed)
-    if name == "coco":
-        from mlpbnn.data.coco import CocoKeypoints
-        return CocoKeypoints.from_config(data_config, seed)
-    if name == "pose_synthetic":
-        from mlpbnn.data.coco import synthetic
-        return synthetic(data_config, seed)
-    raise ValueError(f"unknown data.name {name!r}; valid: {', '.join(NAMES)}")
+    """The dataset ``config.data`` describes."""
+    return DATASETS.get(data_config.name).create(parse(data_config), seed)

@@ -13,13 +13,16 @@ the last global batch is padded and carries ``mask`` = 0 on the padding.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from mlpbnn.registry import Registry
 
 Batch = dict[str, Any]
 HOST = "host"  # batch key of host-only fields (mlpbnn.tasks.base reads them in evaluators)
@@ -49,6 +52,11 @@ class Dataset(abc.ABC):
         return (f"{type(self).__name__}: {self.train_size:,} train / {self.eval_size:,} eval images "
                 f"{'x'.join(map(str, self.image_shape))}")
 
+    def final_variants(self) -> dict[str, Dataset]:
+        """Further evaluation sets for the end of training, by name (keypoints: ``{'det': this with
+        detector boxes}``); their metrics are prefixed with the name. None by default."""
+        return {}
+
 
 class ClassificationDataset(Dataset):
     """Images with integer ``labels`` in ``range(num_classes)``."""
@@ -57,6 +65,19 @@ class ClassificationDataset(Dataset):
 
     def describe(self) -> str:
         return super().describe() + f", {self.num_classes} classes"
+
+
+class KeypointsDataset(Dataset):
+    """Top-down keypoint crops: batches with ``heatmaps`` and ``target_weight`` of
+    ``heatmap_shape`` (H, W, K) targets, evaluated against ``val_coco`` (pycocotools' ``COCO`` of
+    the evaluation split), whose images ``load_image`` reads (for pictures of the results)."""
+
+    heatmap_shape: tuple[int, int, int]
+    val_coco: Any
+
+    @abc.abstractmethod
+    def load_image(self, image_id: int) -> np.ndarray:
+        """The evaluation image ``image_id`` as RGB uint8 (H, W, 3)."""
 
 
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -111,3 +132,40 @@ def stream_indices(start: int, count: int, size: int, seed: int) -> np.ndarray:
 
 def describe_batch(batch: dict[str, Any]) -> str:
     return ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
+
+
+# ------------------------------------------------------------------------------ registration
+
+
+def _no_files(section: Any) -> None:
+    """A dataset whose section names no files to check before the run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset.
+
+    Attributes:
+      config: its config section, a frozen dataclass: the fields' defaults are the section's
+        defaults (``data.section``), its ``__post_init__`` checks their values naming the field.
+      create: ``create(section, seed) -> Dataset`` from that dataclass.
+      check_files: raises ValueError naming the field when the section's files are missing (run
+        by config validation before anything is built).
+      input_spec: ``input_spec(section)``, the preprocessing of one image for export and
+        ``mlpbnn.infer`` (size, channels, mean and std, resize), or None.
+    """
+
+    config: type
+    create: Callable[[Any, int], Dataset]
+    check_files: Callable[[Any], None] = _no_files
+    input_spec: Callable[[Any], dict[str, Any]] | None = None
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(name: str, config: type, create: Callable[[Any, int], Dataset], *,
+                     check_files: Callable[[Any], None] = _no_files,
+                     input_spec: Callable[[Any], dict[str, Any]] | None = None) -> None:
+    """Registers dataset ``name`` (called where the dataset is defined)."""
+    DATASETS.register(name, DatasetEntry(config, create, check_files, input_spec))

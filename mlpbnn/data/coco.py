@@ -41,7 +41,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,10 +49,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from mlpbnn.data import pipeline
-from mlpbnn.data.base import HOST, Batch, Dataset
+from mlpbnn.data.base import HOST, Batch, KeypointsDataset, register_dataset
 from mlpbnn.data.pipeline import normalise_into, worker_processes
 from mlpbnn.pose import codec, geometry
 from mlpbnn.pose.skeleton import FLIP_PAIRS, JOINT_WEIGHTS
+from mlpbnn.registry import from_section
 
 NUM_JOINTS = 17
 PIXEL_STD = 200.0
@@ -247,6 +248,121 @@ def det_records(det_file: str | Path, coco: Any, aspect_ratio: float, image_thre
 
 
 # ----------------------------------------------------------------------------------------------
+# Config sections: every default of the COCO pipeline, declared once
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """The crops, augmentation and targets of HRNet's COCO recipe (``w32_256x192_adam_lr1e-3.yaml``),
+    and the input workers: the part of ``data`` that COCO and the generated figures share.
+
+    Attributes:
+      image_size: (height, width) of the crops. heatmap_size: () for a quarter of image_size.
+      sigma: the Gaussian targets' sigma in heatmap pixels. unbiased_encoding: DARK's encoding.
+      flip, scale_factor, rot_factor, rot_prob, half_body_prob, half_body_joints: HRNet's
+        augmentation (scales 1 +- scale_factor, rotations within +-rot_factor with rot_prob).
+      joint_weights: HRNet's per-joint loss weights (USE_DIFFERENT_JOINTS_WEIGHT).
+      color_rgb: images as RGB (HRNet's COLOR_RGB) rather than BGR.
+      workers: grain worker processes (-1: one per core, HRNet's loaders use several; 0: in this
+        process). prefetch: batches ready per worker.
+    """
+
+    image_size: tuple[int, int] = (256, 192)
+    heatmap_size: tuple[int, ...] = ()
+    sigma: float = 2.0
+    unbiased_encoding: bool = False
+    flip: bool = True
+    scale_factor: float = 0.35
+    rot_factor: float = 45.0
+    rot_prob: float = 0.6
+    half_body_prob: float = 0.3
+    half_body_joints: int = 8
+    joint_weights: bool = False
+    color_rgb: bool = True
+    workers: int = -1
+    prefetch: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"image_size: must be (height, width) of at least 8, got {self.image_size}")
+        hm = self.heatmap_size or (self.image_size[0] // 4, self.image_size[1] // 4)
+        if len(hm) != 2 or self.image_size[0] * hm[1] != self.image_size[1] * hm[0]:
+            raise ValueError(f"heatmap_size: {tuple(hm)} must keep the aspect of data.image_size {self.image_size}")
+        for key in ("sigma", "scale_factor", "rot_factor", "rot_prob", "half_body_prob"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.scale_factor >= 1:
+            raise ValueError(f"scale_factor: must be < 1 (scales are 1 +- it), got {self.scale_factor}")
+        if self.workers < -1:
+            raise ValueError(f"workers: must be -1 (one per core), 0 (in this process) or a count, got {self.workers}")
+        if self.prefetch < 1:
+            raise ValueError(f"prefetch: must be >= 1, got {self.prefetch}")
+
+    def crop(self, seed: int) -> Crop:
+        hm = self.heatmap_size or (self.image_size[0] // 4, self.image_size[1] // 4)
+        return Crop(image_size=tuple(self.image_size), heatmap_size=tuple(hm), sigma=self.sigma,
+                    unbiased=self.unbiased_encoding, seed=int(seed), flip=self.flip, scale_factor=self.scale_factor,
+                    rot_factor=self.rot_factor, rot_prob=self.rot_prob, half_body_prob=self.half_body_prob,
+                    half_body_joints=self.half_body_joints, joint_weights=self.joint_weights)
+
+
+@dataclass(frozen=True)
+class CocoConfig(CropConfig):
+    """``data`` for ``coco``: the standard layout under ``dir`` (``annotations/person_keypoints_
+    {train,val}2017.json``, ``{train,val}2017/*.jpg``), each path overridable (``train_ann``,
+    ``val_ann``, ``train_images``, ``val_images``); ``det_file``, a person detector's boxes in
+    COCO's result format (HRNet's ``COCO_val2017_detections_AP_H_56_person.json``), kept where
+    their score >= ``image_thre``; ``eval_boxes``, the boxes of the periodic evaluations (gt |
+    det); ``final_boxes``, one more evaluation at the end ('' | gt | det)."""
+
+    dir: str = ""
+    train_ann: str = ""
+    val_ann: str = ""
+    train_images: str = ""
+    val_images: str = ""
+    det_file: str = ""
+    image_thre: float = 0.0
+    eval_boxes: str = "gt"
+    final_boxes: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, value in (("eval_boxes", self.eval_boxes), ("final_boxes", self.final_boxes or "gt")):
+            if value not in BOX_SOURCES:
+                raise ValueError(f"{key}: must be one of {', '.join(BOX_SOURCES)}, got {value!r}")
+        if "det" in (self.eval_boxes, self.final_boxes) and not self.det_file:
+            key = "eval_boxes" if self.eval_boxes == "det" else "final_boxes"
+            raise ValueError(f"{key}: 'det' needs data.det_file (a person detection file), which is not set")
+
+    def paths(self) -> dict[str, str]:
+        """The four annotation and image paths, each from its own field or the layout under ``dir``."""
+        root = os.path.expanduser(self.dir)
+        paths = {}
+        for split, folder in SPLITS.items():
+            ann, images = getattr(self, f"{split}_ann"), getattr(self, f"{split}_images")
+            paths[f"{split}_ann"] = os.path.expanduser(
+                ann or os.path.join(root, "annotations", f"person_keypoints_{folder}.json"))
+            paths[f"{split}_images"] = os.path.expanduser(images or os.path.join(root, folder))
+        return paths
+
+
+@dataclass(frozen=True)
+class SyntheticPoseConfig(CropConfig):
+    """``data`` for ``pose_synthetic`` (``mlpbnn.data.synthetic_pose``): ``num_train`` and
+    ``num_val`` generated images, the training ones from the run's seed, the evaluation ones from
+    ``val_seed`` (fixed, so that every run is scored on the same images)."""
+
+    num_train: int = 2000
+    num_val: int = 100
+    val_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_train < 1 or self.num_val < 1:
+            raise ValueError(f"num_train: num_train and num_val must be >= 1, got {self.num_train} and {self.num_val}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Crops and targets
 
 
@@ -257,18 +373,18 @@ class Crop:
 
     Sizes are (height, width): ``image_size`` the network input, ``heatmap_size`` its output."""
 
-    image_size: tuple[int, int] = (256, 192)
-    heatmap_size: tuple[int, int] = (64, 48)
-    sigma: float = 2.0
-    unbiased: bool = False  # DARK's unbiased encoding (full-map Gaussian at the real position)
+    image_size: tuple[int, int] = CropConfig.image_size
+    heatmap_size: tuple[int, int] = (CropConfig.image_size[0] // 4, CropConfig.image_size[1] // 4)
+    sigma: float = CropConfig.sigma
+    unbiased: bool = CropConfig.unbiased_encoding  # DARK's (full-map Gaussian at the real position)
     seed: int = 0
-    flip: bool = True
-    scale_factor: float = 0.35
-    rot_factor: float = 45.0
-    rot_prob: float = 0.6
-    half_body_prob: float = 0.3
-    half_body_joints: int = 8
-    joint_weights: bool = False
+    flip: bool = CropConfig.flip
+    scale_factor: float = CropConfig.scale_factor
+    rot_factor: float = CropConfig.rot_factor
+    rot_prob: float = CropConfig.rot_prob
+    half_body_prob: float = CropConfig.half_body_prob
+    half_body_joints: int = CropConfig.half_body_joints
+    joint_weights: bool = CropConfig.joint_weights
 
     @property
     def aspect_ratio(self) -> float:
@@ -352,7 +468,7 @@ class _Boxes:
 # The dataset
 
 
-class CocoKeypoints(Dataset):
+class CocoKeypoints(KeypointsDataset):
     """Top-down person keypoints: training on ground-truth boxes of ``train``, evaluation on the
     ``eval_boxes`` ('gt' or 'det') of ``val``; ``final_boxes`` adds one more evaluation at the end
     of training on the other box source (its metrics prefixed ``det/`` or ``gt/``).
@@ -365,12 +481,8 @@ class CocoKeypoints(Dataset):
     def __init__(self, *, train_coco: Any, train_images: ImageSource, val_coco: Any, val_images: ImageSource,
                  crop: Crop, det_records: Records | None = None, eval_boxes: str = "gt", final_boxes: str = "",
                  workers: int = 0, prefetch: int = 1, name: str = "coco", check_files: bool = True):
-        for key, value in (("eval_boxes", eval_boxes), ("final_boxes", final_boxes or "gt")):
-            if value not in BOX_SOURCES:
-                raise ValueError(f"data.{key} must be one of {', '.join(BOX_SOURCES)}, got {value!r}")
-        if "det" in (eval_boxes, final_boxes) and det_records is None:
-            key = "eval_boxes" if eval_boxes == "det" else "final_boxes"
-            raise ValueError(f"data.{key}='det' needs data.det_file (a person detection file), which is not set")
+        if "det" in (eval_boxes, final_boxes) and det_records is None:  # the values: CocoConfig's checks
+            raise ValueError("detector boxes are evaluated but none were given (data.det_file)")
         self.name, self.crop = name, crop
         self.train_coco, self.val_coco = train_coco, val_coco
         self.train_images, self.val_images = train_images, val_images
@@ -396,33 +508,24 @@ class CocoKeypoints(Dataset):
                                             f"missing ({len(missing)} missing in all)")
 
     @classmethod
-    def from_config(cls, data_config: Any, seed: int) -> CocoKeypoints:
-        """``data.dir`` in the standard layout (``annotations/person_keypoints_{train,val}2017.json``,
-        ``{train,val}2017/*.jpg``), each path overridable (``train_ann``, ``val_ann``,
-        ``train_images``, ``val_images``); see ``configs/sbpn_coco.py`` for every key."""
-        get = data_config.get
-        root = os.path.expanduser(get("dir", "") or "")
-        paths = {}
-        for split, folder in SPLITS.items():
-            paths[f"{split}_ann"] = get(f"{split}_ann", "") or os.path.join(
-                root, "annotations", f"person_keypoints_{folder}.json")
-            paths[f"{split}_images"] = get(f"{split}_images", "") or os.path.join(root, folder)
-        crop = crop_from_config(data_config, seed)
-        color_rgb = bool(get("color_rgb", True))
+    def from_config(cls, section: CocoConfig | Mapping[str, Any], seed: int) -> CocoKeypoints:
+        """The dataset of the config section ``section`` (a ``CocoConfig`` or the ``data`` mapping)."""
+        if not isinstance(section, CocoConfig):
+            section = from_section(CocoConfig, section, "data", ignore=("name",))
+        paths = section.paths()
+        crop = section.crop(seed)
         cocos = {}
         for split in SPLITS:
-            ann = os.path.expanduser(paths[f"{split}_ann"])
+            ann = paths[f"{split}_ann"]
             cocos[split] = cocos.get(ann) or load_annotations(ann)
             cocos[ann] = cocos[split]
-        images = {s: FileImages(os.path.expanduser(paths[f"{s}_images"]),
-                                {i: im["file_name"] for i, im in cocos[s].imgs.items()}, color_rgb) for s in SPLITS}
-        det_file = get("det_file", "") or ""
-        dets = det_records(os.path.expanduser(det_file), cocos["val"], crop.aspect_ratio,
-                           float(get("image_thre", 0.0))) if det_file else None
+        images = {s: FileImages(paths[f"{s}_images"], {i: im["file_name"] for i, im in cocos[s].imgs.items()},
+                                section.color_rgb) for s in SPLITS}
+        dets = det_records(os.path.expanduser(section.det_file), cocos["val"], crop.aspect_ratio,
+                           section.image_thre) if section.det_file else None
         return cls(train_coco=cocos["train"], train_images=images["train"], val_coco=cocos["val"],
-                   val_images=images["val"], crop=crop, det_records=dets, eval_boxes=get("eval_boxes", "gt"),
-                   final_boxes=get("final_boxes", "") or "", workers=int(get("workers", 0)),
-                   prefetch=int(get("prefetch", 1)))
+                   val_images=images["val"], crop=crop, det_records=dets, eval_boxes=section.eval_boxes,
+                   final_boxes=section.final_boxes, workers=section.workers, prefetch=section.prefetch)
 
     def describe(self) -> str:
         c = self.crop
@@ -461,43 +564,19 @@ class CocoKeypoints(Dataset):
                                          self.prefetch)
 
 
-def crop_from_config(data_config: Any, seed: int) -> Crop:
-    get = data_config.get
-    image_size = tuple(int(v) for v in (get("image_size", None) or (256, 192)))
-    if len(image_size) != 2 or min(image_size) < 8:
-        raise ValueError(f"data.image_size must be (height, width) of at least 8, got {image_size}")
-    heatmap_size = tuple(int(v) for v in (get("heatmap_size", None) or (image_size[0] // 4, image_size[1] // 4)))
-    if len(heatmap_size) != 2 or image_size[0] * heatmap_size[1] != image_size[1] * heatmap_size[0]:
-        raise ValueError(f"data.heatmap_size {heatmap_size} must keep the aspect of data.image_size {image_size}")
-    for key in ("sigma", "scale_factor", "rot_factor", "rot_prob", "half_body_prob"):
-        value = get(key, None)
-        if value is not None and not (float(value) >= 0):
-            raise ValueError(f"data.{key} must be >= 0, got {value}")
-    sf = float(get("scale_factor", 0.35))
-    if sf >= 1:
-        raise ValueError(f"data.scale_factor must be < 1 (scales are 1 +- it), got {sf}")
-    return Crop(image_size=image_size, heatmap_size=heatmap_size, sigma=float(get("sigma", 2.0)),
-                unbiased=bool(get("unbiased_encoding", False)), seed=int(seed), flip=bool(get("flip", True)),
-                scale_factor=sf, rot_factor=float(get("rot_factor", 45.0)), rot_prob=float(get("rot_prob", 0.6)),
-                half_body_prob=float(get("half_body_prob", 0.3)), half_body_joints=int(get("half_body_joints", 8)),
-                joint_weights=bool(get("joint_weights", False)))
-
-
-def synthetic(data_config: Any, seed: int) -> CocoKeypoints:
-    """The pose quick start's data (``mlpbnn.data.synthetic_pose``): ``data.num_train`` and
-    ``data.num_val`` generated images, the training ones from ``seed``, the evaluation ones from
-    ``data.val_seed`` (fixed, so that every run is scored on the same images)."""
+def synthetic(section: SyntheticPoseConfig | Mapping[str, Any], seed: int) -> CocoKeypoints:
+    """The pose quick start's data (``mlpbnn.data.synthetic_pose``, ``SyntheticPoseConfig``)."""
     from mlpbnn.data import synthetic_pose
 
-    get = data_config.get
-    n_train, n_val = int(get("num_train", 2000)), int(get("num_val", 100))
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"data.num_train and data.num_val must be >= 1, got {n_train} and {n_val}")
-    val_seed = int(get("val_seed", 0))
-    return CocoKeypoints(train_coco=synthetic_pose.coco(seed, "train", n_train),
+    if not isinstance(section, SyntheticPoseConfig):
+        section = from_section(SyntheticPoseConfig, section, "data", ignore=("name",))
+    return CocoKeypoints(train_coco=synthetic_pose.coco(seed, "train", section.num_train),
                          train_images=synthetic_pose.SyntheticImages(seed, "train"),
-                         val_coco=synthetic_pose.coco(val_seed, "val", n_val),
-                         val_images=synthetic_pose.SyntheticImages(val_seed, "val"),
-                         crop=crop_from_config(data_config, seed),
-                         eval_boxes="gt", workers=int(get("workers", 0)), prefetch=int(get("prefetch", 1)),
-                         name="pose_synthetic", check_files=False)
+                         val_coco=synthetic_pose.coco(section.val_seed, "val", section.num_val),
+                         val_images=synthetic_pose.SyntheticImages(section.val_seed, "val"),
+                         crop=section.crop(seed), eval_boxes="gt", workers=section.workers,
+                         prefetch=section.prefetch, name="pose_synthetic", check_files=False)
+
+
+register_dataset("coco", CocoConfig, CocoKeypoints.from_config)
+register_dataset("pose_synthetic", SyntheticPoseConfig, synthetic)

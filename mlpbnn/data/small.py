@@ -3,6 +3,7 @@ and Fashion-MNIST from its four standard IDX gz files."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
 import zlib
@@ -11,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpbnn.data.base import Batch, ClassificationDataset, eval_pad_size, local_slice, pad_to, stream_indices
+from mlpbnn.data.base import (
+    Batch,
+    ClassificationDataset,
+    eval_pad_size,
+    local_slice,
+    pad_to,
+    register_dataset,
+    stream_indices,
+)
 
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -129,3 +138,51 @@ def fashion_mnist(data_dir: str, seed: int, augment: str = "none") -> ArrayDatas
         return ((x.astype(np.float32) / 255.0 - FASHION_MEAN) / FASHION_STD)[..., None]
 
     return ArrayDataset((norm(xtr), ytr.astype(np.int32)), (norm(xte), yte.astype(np.int32)), 10, seed, augment)
+
+
+# ------------------------------------------------------------------------------ config sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsConfig:
+    """``data`` for ``digits``: ``augment`` 'none' or 'crop_flip' (translations by up to one
+    pixel and horizontal flips)."""
+
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment: {self.augment!r} is not valid for {self.dataset}; choose one of "
+                             f"{', '.join(AUGMENTATIONS)}")
+
+    dataset = "digits"
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionMnistConfig(DigitsConfig):
+    """``data`` for ``fashion_mnist``: ``dir``, the folder of its four IDX gz files ('': Debian's
+    ``dataset-fashion-mnist`` folder), and ``augment``."""
+
+    dir: str = ""
+
+    dataset = "fashion_mnist"
+
+
+def _check_fashion_files(section: FashionMnistConfig) -> None:
+    if section.dir and not Path(section.dir).is_dir():
+        raise ValueError(f"dir: {section.dir} is not a directory (it should hold the four Fashion-MNIST IDX gz files)")
+
+
+def _gray_spec(name: str, size: int, mean: float, std: float, resize_filter: str, note: str = "") -> dict:
+    spec = {"dataset": name, "height": size, "width": size, "channels": 1, "mode": "L", "mean": [mean],
+            "std": [std], "resize": "stretch", "filter": resize_filter}
+    return {**spec, "note": note} if note else spec
+
+
+register_dataset("digits", DigitsConfig, lambda c, seed: digits(seed, augment=c.augment),
+                 input_spec=lambda c: _gray_spec("digits", 8, 0.5, 0.5, "area",
+                                                 "scikit-learn digits: 0..16 -> v/8 - 1; white ink on black; a .npy "
+                                                 "batch holds that"))
+register_dataset("fashion_mnist", FashionMnistConfig, lambda c, seed: fashion_mnist(c.dir, seed, augment=c.augment),
+                 check_files=_check_fashion_files,
+                 input_spec=lambda c: _gray_spec("fashion_mnist", 28, FASHION_MEAN, FASHION_STD, "bilinear"))

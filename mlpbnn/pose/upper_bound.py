@@ -84,16 +84,18 @@ def main(argv: list[str]) -> None:
         if len(args) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(args[1:])}")
         from mlpbnn import data
+        from mlpbnn.data.coco import CocoKeypoints
+        from mlpbnn.pose.eval_config import PoseEvalConfig
+        from mlpbnn.registry import from_section
 
         config = flags.FLAGS.config
-        ev = config.get("eval") or {}
         try:
+            ev = from_section(PoseEvalConfig, config.get("eval"), "eval")
             dataset = data.create(config.data, config.seed)
-            if not hasattr(dataset, "box_records"):
+            if not isinstance(dataset, CocoKeypoints):
                 raise ValueError(f"data.name {config.data.name!r} is not a keypoints dataset")
-            result = upper_bound(dataset, str(ev.get("decode", "quarter")), bool(ev.get("flip_test", True)),
-                                 bool(ev.get("shift_heatmap", True)), int(ev.get("blur_kernel", 11)),
-                                 float(ev.get("in_vis_thre", 0.2)), float(ev.get("oks_thre", 0.9)))
+            result = upper_bound(dataset, ev.decode, ev.flip_test, ev.shift_heatmap, ev.blur_kernel, ev.in_vis_thre,
+                                 ev.oks_thre)
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
         print(json.dumps(result, indent=2))

@@ -22,29 +22,46 @@ Evaluators accumulate on the host. ``update`` receives this process's rows of th
 as numpy arrays together with this process's batch (which may carry host-only fields under
 ``batch['host']``: image ids, crop geometry, ...; those never go to the devices). ``result``
 gathers across processes (``gather_rows``/``allgather``), so every process returns the same
-numbers, and includes ``count``: the number of real (unpadded) examples seen. An evaluator may
-also have ``write(directory, prefix)``, which the trainer calls on process 0 after ``result`` to
-save what the evaluation made (keypoints: the result JSON and a picture).
+numbers, and includes ``count``: the number of real (unpadded) examples seen. ``write(directory,
+prefix)``, which the trainer calls on process 0 after ``result``, saves what the evaluation made
+(keypoints: the result JSON and a picture; by default nothing).
+
+A task registers itself where it is defined: ``register_task(name, factory, sections=...)``, the
+factory ``(config, dataset) -> Task`` and the config sections it reads beside the trainer's (a
+name -> frozen dataclass, e.g. keypoints' ``eval``), which config validation checks.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 Array = jax.Array
 from mlpbnn.data.base import HOST  # noqa: E402,F401  (batch key of the host-only fields)
+from mlpbnn.registry import Registry  # noqa: E402
 
 
-class Evaluator(Protocol):
+class Evaluator(abc.ABC):
+    """One evaluation pass, accumulated on the host (see the module docstring)."""
+
+    @abc.abstractmethod
     def update(self, outputs: dict[str, np.ndarray], batch: dict[str, Any]) -> None:
         """One eval batch: this process's rows of the outputs and of the batch."""
 
+    @abc.abstractmethod
     def result(self) -> dict[str, float]:
         """The metrics over the whole evaluation set, identical on every process."""
+
+    def write(self, directory: str | Path, prefix: str = "") -> None:
+        """Saves what the evaluation made under ``directory`` (file names start with ``prefix``);
+        called on process 0 after ``result``. Nothing by default."""
+        return None
 
 
 class Task(abc.ABC):
@@ -118,3 +135,20 @@ def gather_rows(x: np.ndarray) -> np.ndarray:
     as padded eval batches have)."""
     g = allgather(x)
     return g.reshape(-1, *x.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """A registered task: ``create(config, dataset) -> Task`` and the config sections it reads
+    (name -> frozen dataclass; ``mlpbnn.registry.from_section`` checks them)."""
+
+    create: Callable[[Any, Any], Task]
+    sections: Mapping[str, type] = dataclasses.field(default_factory=dict)
+
+
+TASKS: Registry[TaskEntry] = Registry("task")
+
+
+def register_task(name: str, create: Callable[[Any, Any], Task], sections: Mapping[str, type] | None = None) -> None:
+    """Makes ``config.task = name`` build ``create(config, dataset)`` (called where the task is defined)."""
+    TASKS.register(name, TaskEntry(create, dict(sections or {})))

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlpbnn.tasks.base import Task, allgather
+from mlpbnn.data.base import ClassificationDataset
+from mlpbnn.tasks.base import Evaluator, Task, allgather, register_task
 
 Array = jax.Array
 
@@ -61,7 +62,7 @@ def topk_correct(logits: Array, labels: Array, k: int) -> Array:
     return ((rank < k) & ~jnp.any(jnp.isnan(logits), axis=-1)).astype(jnp.float32)
 
 
-class ClassificationEvaluator:
+class ClassificationEvaluator(Evaluator):
     """Exact sums over the real (mask = 1) examples, in float64 on the host, summed over processes."""
 
     def __init__(self, keys: tuple[str, ...]):
@@ -129,7 +130,10 @@ class Classification(Task):
 
 
 def from_config(config: Any, dataset: Any) -> Classification:
-    if not hasattr(dataset, "num_classes"):
+    if not isinstance(dataset, ClassificationDataset):
         raise ValueError(f"task 'classification' needs a dataset with classes; {type(dataset).__name__} has none")
     return Classification(num_classes=int(dataset.num_classes), label_smoothing=float(config.loss.label_smoothing),
                           alpha=float(config.teacher.alpha), temperature=float(config.teacher.temperature))
+
+
+register_task("classification", from_config)

@@ -12,8 +12,9 @@ keypoint AP through pycocotools.
   distances normalised by (H/10, W/10) in HRNet's order (its [h, w] applied to [x, y]), joints
   whose target argmax lies beyond pixel 1 in x and y counted; the fraction within 0.5. Logging only.
 
-Evaluation: the model runs on the crop and, with ``flip_test``, on its mirror (flipped back with
-the one-pixel shift, ``shift_heatmap``); heatmaps are decoded on the device (``decode``: HRNet's
+Evaluation (``eval``: ``mlpbnn.pose.eval_config.PoseEvalConfig``): the model runs on the crop and,
+with ``flip_test``, on its mirror (flipped back with the one-pixel shift, ``shift_heatmap``);
+heatmaps are decoded on the device (``decode``: HRNet's
 argmax + quarter offset, or DARK); the host maps them to image coordinates with each crop's
 centre and scale, gathers every process's crops, rescores (box score x mean maxval above
 ``in_vis_thre``), runs OKS-NMS (``oks_thre``) and pycocotools' COCOeval on process 0; every
@@ -32,12 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlpbnn.data.base import KeypointsDataset
 from mlpbnn.pose import codec, geometry, postprocess
+from mlpbnn.pose.eval_config import PoseEvalConfig
 from mlpbnn.pose.evaluate import STAT_NAMES
-from mlpbnn.tasks.base import HOST, Task, allgather, gather_rows
+from mlpbnn.registry import from_section
+from mlpbnn.tasks.base import HOST, Evaluator, Task, allgather, gather_rows, register_task
 
 Array = jax.Array
-DECODE_MODES = ("quarter", "dark")
 KD_LOSSES = ("mse", "kl")
 
 
@@ -82,7 +85,7 @@ def pck(pred: Array, target: Array, threshold: float = 0.5) -> tuple[Array, Arra
     return jnp.sum((dist < threshold) & counted), jnp.sum(counted)
 
 
-class KeypointsEvaluator:
+class KeypointsEvaluator(Evaluator):
     """Collects this process's decoded crops with their geometry; ``result`` gathers every process's
     crops, and process 0 runs post-processing and COCOeval (numbers sent to all)."""
 
@@ -113,7 +116,7 @@ class KeypointsEvaluator:
             xy = geometry.to_image_coords(kpts[..., :2], crops["center"], crops["scale"], t.heatmap_size_wh)
             keypoints = np.concatenate([xy, kpts[..., 2:]], axis=-1)
             self.results = postprocess.coco_results(crops["image_id"].astype(np.int64), keypoints, crops["score"],
-                                                    crops["area"], t.in_vis_thre, t.oks_thre)
+                                                    crops["area"], t.eval.in_vis_thre, t.eval.oks_thre)
             from mlpbnn.pose import evaluate
 
             values = evaluate(t.coco, self.results)
@@ -133,10 +136,10 @@ class KeypointsEvaluator:
         tmp = path.with_name(path.name + ".partial")
         tmp.write_text(json.dumps(self.results))
         tmp.replace(path)
-        if self.task.samples <= 0 or self.task.load_image is None:
+        if self.task.eval.samples <= 0 or self.task.load_image is None:
             return
-        image_ids = sorted({r["image_id"] for r in self.results})[: self.task.samples] or \
-            sorted(self.task.coco.imgs)[: self.task.samples]
+        image_ids = sorted({r["image_id"] for r in self.results})[: self.task.eval.samples] or \
+            sorted(self.task.coco.imgs)[: self.task.eval.samples]
         panels = []
         for image_id in image_ids:
             pred = np.array([r["keypoints"] for r in self.results if r["image_id"] == image_id]).reshape(-1, 17, 3)
@@ -159,12 +162,7 @@ class Keypoints(Task):
     coco: Any
     heatmap_shape: tuple[int, int, int]
     load_image: Callable[[int], np.ndarray] | None = None
-    flip_test: bool = True
-    shift_heatmap: bool = True
-    decode: str = "quarter"
-    blur_kernel: int = 11
-    in_vis_thre: float = 0.2
-    oks_thre: float = 0.9
+    eval: PoseEvalConfig = PoseEvalConfig()
     alpha: float = 0.5
     kd_loss: str = "mse"
     temperature: float = 1.0
@@ -175,12 +173,8 @@ class Keypoints(Task):
     progress_metric = "pck"
 
     def __post_init__(self) -> None:
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"eval.decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.kd_loss not in KD_LOSSES:
             raise ValueError(f"teacher.loss must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
-        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
-            raise ValueError(f"eval.blur_kernel must be an odd size >= 1, got {self.blur_kernel}")
 
     @property
     def num_joints(self) -> int:
@@ -191,8 +185,7 @@ class Keypoints(Task):
         return self.heatmap_shape[1], self.heatmap_shape[0]
 
     def describe_eval(self) -> str:
-        return (f"decode {self.decode}, flip test {'on' if self.flip_test else 'off'}"
-                f"{', shift' if self.flip_test and self.shift_heatmap else ''}")
+        return self.eval.describe()
 
     def model_args(self) -> dict[str, Any]:
         return {"num_joints": self.num_joints}
@@ -218,13 +211,13 @@ class Keypoints(Task):
     def predict(self, apply: Callable[[Array], Array], images: Array) -> Array:
         """Heatmaps of the crops, averaged with those of the mirrored crops under ``flip_test``."""
         out = apply(images)
-        if not self.flip_test:
+        if not self.eval.flip_test:
             return out
-        return codec.flip_average(out, apply(images[:, :, ::-1]), shift=self.shift_heatmap)
+        return codec.flip_average(out, apply(images[:, :, ::-1]), shift=self.eval.shift_heatmap)
 
     def eval_outputs(self, outputs: Array, batch: dict[str, Array]) -> dict[str, Array]:
         self._check(outputs)
-        coords, maxvals = codec.decode(outputs.astype(jnp.float32), self.decode, self.blur_kernel)
+        coords, maxvals = codec.decode(outputs.astype(jnp.float32), self.eval.decode, self.eval.blur_kernel)
         return {"keypoints": jnp.concatenate([coords, maxvals[..., None]], axis=-1)}
 
     @property
@@ -244,16 +237,13 @@ class Keypoints(Task):
 
 
 def from_config(config: Any, dataset: Any) -> Keypoints:
-    for attr in ("val_coco", "heatmap_shape"):
-        if not hasattr(dataset, attr):
-            raise ValueError(f"task 'keypoints' needs a keypoints dataset (data.name 'coco' or 'pose_synthetic'); "
-                             f"{type(dataset).__name__} has no {attr}")
-    ev = config.get("eval") or {}
+    if not isinstance(dataset, KeypointsDataset):
+        raise ValueError(f"task 'keypoints' needs a keypoints dataset (data.name 'coco' or 'pose_synthetic'), not "
+                         f"{type(dataset).__name__}")
     teacher = config.teacher
-    return Keypoints(coco=dataset.val_coco, heatmap_shape=tuple(dataset.heatmap_shape),
-                     load_image=getattr(dataset, "load_image", None),
-                     flip_test=bool(ev.get("flip_test", True)), shift_heatmap=bool(ev.get("shift_heatmap", True)),
-                     decode=str(ev.get("decode", "quarter")), blur_kernel=int(ev.get("blur_kernel", 11)),
-                     in_vis_thre=float(ev.get("in_vis_thre", 0.2)), oks_thre=float(ev.get("oks_thre", 0.9)),
-                     samples=int(ev.get("samples", 4)), alpha=float(teacher.alpha),
+    return Keypoints(coco=dataset.val_coco, heatmap_shape=tuple(dataset.heatmap_shape), load_image=dataset.load_image,
+                     eval=from_section(PoseEvalConfig, config.get("eval"), "eval"), alpha=float(teacher.alpha),
                      kd_loss=str(teacher.get("loss", "mse")), temperature=float(teacher.temperature))
+
+
+register_task("keypoints", from_config, sections={"eval": PoseEvalConfig})

@@ -22,6 +22,7 @@ from ml_collections import config_dict
 
 from mlpbnn import data, estimators, models, tasks
 from mlpbnn.binary import as_rules, format_rules
+from mlpbnn.registry import SectionError, from_section, section_dict
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -29,7 +30,6 @@ SCHEDULE_UNITS = ("step", "epoch")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 DTYPES = ("float32", "bfloat16")
 PARTITIONS = ("binary_kernel", "real_kernel", "other")
-DATASETS = data.NAMES
 
 
 class ConfigError(ValueError):
@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": "bireal_resnet18"})
     # Estimators as NAME or NAME(key=value, ...), e.g. "mlp(init='positive')"; "none": real values.
     c.estimator = ml_collections.ConfigDict({"weights": "mlp", "activations": "approx_sign", "share": True})
-    c.data = ml_collections.ConfigDict({"name": "digits", "dir": "", "augment": "none"})
+    c.data = data.section("digits")  # a dataset's section: its registered dataclass (mlpbnn.data)
 
     c.optimizer = optimizer_config()
     # Per-partition settings of the main optimizer: lr multiplier and weight decay (None: the
@@ -105,34 +105,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def keypoints_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Adds the keypoints task's fields to a base config, at HRNet's COCO values
-    (``w32_256x192_adam_lr1e-3.yaml``; ``mlpbnn.data.coco``, ``mlpbnn.tasks.keypoints``)."""
+def keypoints_config(c: ml_collections.ConfigDict, dataset: str = "coco") -> ml_collections.ConfigDict:
+    """Adds the keypoints task's sections to a base config, at HRNet's COCO values
+    (``w32_256x192_adam_lr1e-3.yaml``): ``data`` from ``dataset``'s section (``mlpbnn.data.coco``:
+    ``CocoConfig``, ``SyntheticPoseConfig``), ``eval`` from ``mlpbnn.pose.eval_config``."""
     c.task = "keypoints"
     c.best_metric = "AP"
-    c.data = ml_collections.ConfigDict({
-        "name": "coco", "dir": "",           # the standard layout: annotations/, train2017/, val2017/
-        "train_ann": "", "val_ann": "",       # each path overrides its default under dir
-        "train_images": "", "val_images": "",
-        "det_file": "",                       # detector boxes (COCO_val2017_detections_AP_H_56_person.json)
-        "image_thre": 0.0,                    # detection score filter (keep >= it)
-        "eval_boxes": "gt",                   # boxes of the periodic evaluations: gt | det
-        "final_boxes": "",                    # one more evaluation at the end on: '' | gt | det
-        "image_size": (256, 192),             # (height, width) of the crops
-        "heatmap_size": (),                   # (): a quarter of image_size
-        "sigma": 2.0, "unbiased_encoding": False,
-        "flip": True, "scale_factor": 0.35, "rot_factor": 45.0, "rot_prob": 0.6,
-        "half_body_prob": 0.3, "half_body_joints": 8, "joint_weights": False, "color_rgb": True,
-        "workers": -1, "prefetch": 1,         # grain worker processes (-1: one per core), batches ready each
-        "num_train": 2000, "num_val": 100, "val_seed": 0,  # pose_synthetic only
-    })
-    c.eval = ml_collections.ConfigDict({
-        "flip_test": True, "shift_heatmap": True,  # HRNet's TEST.FLIP_TEST and SHIFT_HEATMAP
-        "decode": "quarter",                  # quarter (HRNet's POST_PROCESS) | dark (arXiv 1910.06278)
-        "blur_kernel": 11,                    # DARK's Gaussian modulation kernel
-        "in_vis_thre": 0.2, "oks_thre": 0.9,  # rescoring threshold, OKS-NMS threshold
-        "samples": 4,                         # images drawn in workdir/eval_samples.png (0: none)
-    })
+    c.data = data.section(dataset)
+    for name, section in tasks.TASKS.get("keypoints").sections.items():
+        c[name] = section_dict(section)
     # Heatmap distillation: (1 - alpha) * heatmap MSE + alpha * KD, KD 'mse' or 'kl' (spatial softmax).
     c.teacher.alpha = 0.5
     c.teacher.loss = "mse"
@@ -250,7 +231,12 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     except ValueError as e:
         _fail("model", str(e))
     _choice(config, "dtype", DTYPES)
-    _choice(config, "data.name", DATASETS)
+    try:
+        data.check(config.data)
+        for name, section in tasks.TASKS.get(config.task).sections.items() if config.task in tasks.names() else ():
+            from_section(section, config.get(name), name)
+    except SectionError as e:
+        raise ConfigError(str(e)) from None
     for field in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _positive(config, field)
     _positive(config, "eval_batch_size", allow=(-1,))
@@ -295,7 +281,6 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
         if not 0 <= config.teacher.alpha <= 1:
             _fail("teacher.alpha", f"must be in [0, 1], got {config.teacher.alpha}")
         _positive(config, "teacher.temperature")
-    _check_data_paths(config.data)
     if config.init_checkpoint and not Path(config.init_checkpoint).exists():
         _fail("init_checkpoint", f"{config.init_checkpoint} does not exist")
     if config.two_stage.enabled:
@@ -305,31 +290,6 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
             _fail("two_stage.enabled", "stage two binarizes the weights: set estimator.weights")
         if not 0 < config.two_stage.stage1_fraction < 1:
             _fail("two_stage.stage1_fraction", f"must be in (0, 1), got {config.two_stage.stage1_fraction}")
-
-
-def _check_data_paths(data: Any) -> None:
-    """Missing data is a config error, found before anything is built or compiled."""
-    if data.name in ("digits", "fashion_mnist"):
-        from mlpbnn.data.small import AUGMENTATIONS
-
-        if data.get("augment", "none") not in AUGMENTATIONS:
-            _fail("data.augment", f"{data.augment!r} is not valid for {data.name}; choose one of "
-                                  f"{', '.join(AUGMENTATIONS)}")
-    if data.name == "fashion_mnist" and data.get("dir") and not Path(data.dir).is_dir():
-        _fail("data.dir", f"{data.dir} is not a directory (it should hold the four Fashion-MNIST IDX gz files)")
-    if data.name == "imagenet":
-        from mlpbnn.data import imagenet
-
-        data_dir = data.get("data_dir", "") or imagenet.default_data_dir()
-        if imagenet.is_prepared(data_dir):
-            return
-        manual = data.get("manual_dir", "")
-        if not manual:
-            _fail("data.manual_dir", f"imagenet2012 is not prepared in {data_dir} (data.data_dir) and no "
-                                     "data.manual_dir names the folder with ILSVRC2012_img_train.tar and "
-                                     "ILSVRC2012_img_val.tar to prepare it from")
-        if not Path(manual).is_dir():
-            _fail("data.manual_dir", f"{manual} is not a directory")
 
 
 def eval_batch_size(config: Any, device_count: int) -> int:

@@ -342,7 +342,7 @@ class Trainer:
         if result.get("count") != dataset.eval_size:
             raise RuntimeError(f"evaluation saw {result.get('count')} examples, the eval set has "
                                f"{dataset.eval_size}")
-        if self.pi == 0 and hasattr(evaluator, "write"):
+        if self.pi == 0:
             evaluator.write(self.workdir, prefix)
         return result
 
@@ -440,7 +440,7 @@ class Trainer:
         dataset's final variants (keypoints: detector boxes) are evaluated too, their metrics
         prefixed with the variant's name (``det/AP``)."""
         final = self._evaluate_finite(run.eval_step, run.state, step)
-        variants = getattr(self.dataset, "final_variants", dict)()
+        variants = self.dataset.final_variants()
         for name, dataset in variants.items():
             extra = self._evaluate_finite(run.eval_step, run.state, step, dataset, prefix=f"{name}_")
             final.update({f"{name}/{k}": v for k, v in extra.items()})

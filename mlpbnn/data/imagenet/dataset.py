@@ -9,16 +9,16 @@ or, with ``workers=0``, by grain's read threads in this process (PIL releases th
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlpbnn.data import pipeline
-from mlpbnn.data.base import Batch, ClassificationDataset
+from mlpbnn.data.base import Batch, ClassificationDataset, register_dataset
 from mlpbnn.data.imagenet.augment import FILTERS, Augment
 from mlpbnn.data.imagenet.prepare import (
     CORRUPT_LIST,
@@ -32,9 +32,78 @@ from mlpbnn.data.imagenet.prepare import (
     tfds_builder,
 )
 from mlpbnn.data.pipeline import threads, worker_processes
+from mlpbnn.registry import from_section
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
+class ImageNetConfig:
+    """``data`` for ``imagenet``.
+
+    Attributes:
+      data_dir: the TFDS data folder ('': ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      manual_dir: the folder with ``ILSVRC2012_img_{train,val}.tar``, to prepare ``data_dir`` from
+        when it holds no prepared imagenet2012.
+      image_size: the crops' side (224).
+      crop_scale_min: the random-resized crop's smallest area fraction (0.08).
+      resize_method: bilinear (default), bicubic, lanczos, nearest or area.
+      eval_resize: the shorter side an evaluation image is resized to for 224 crops (256), scaled
+        with ``image_size``.
+      workers: grain worker processes (-1: one per core, at most 32; 0: decode in this process
+        with one grain read thread per core). prefetch: batches ready per worker.
+      draft: decode large JPEGs at a reduced scale when the crop still gets >= its resolution.
+      lighting: AlexNet's PCA colour noise, its alphastd (0: off).
+    """
+
+    data_dir: str = ""
+    manual_dir: str = ""
+    image_size: int = 224
+    crop_scale_min: float = 0.08
+    resize_method: str = "bilinear"
+    eval_resize: int = 256
+    workers: int = -1
+    prefetch: int = 1
+    draft: bool = True
+    lighting: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.resize_method not in FILTERS:
+            raise ValueError(f"resize_method: must be one of {', '.join(FILTERS)}, got {self.resize_method!r}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"crop_scale_min: must be in (0, 1], got {self.crop_scale_min}")
+        if not self.lighting >= 0.0:
+            raise ValueError(f"lighting: must be >= 0 (0 is off), got {self.lighting}")
+        if int(self.image_size) < 1:
+            raise ValueError(f"image_size: must be >= 1, got {self.image_size}")
+        if int(round(self.image_size * self.eval_resize / 224)) < self.image_size:
+            raise ValueError(f"eval_resize: {self.eval_resize} gives a resize of "
+                             f"{int(round(self.image_size * self.eval_resize / 224))} < image size {self.image_size}")
+        if self.workers < -1:
+            raise ValueError(f"workers: must be -1 (one per core), 0 (in this process) or a count, got {self.workers}")
+
+    def check_files(self) -> None:
+        """Missing data, found before anything is built: a prepared ``data_dir``, or a
+        ``manual_dir`` to prepare it from."""
+        data_dir = self.data_dir or default_data_dir()
+        if is_prepared(data_dir):
+            return
+        if not self.manual_dir:
+            raise ValueError(f"manual_dir: imagenet2012 is not prepared in {data_dir} (data.data_dir) and no "
+                             "data.manual_dir names the folder with ILSVRC2012_img_train.tar and "
+                             "ILSVRC2012_img_val.tar to prepare it from")
+        if not Path(self.manual_dir).is_dir():
+            raise ValueError(f"manual_dir: {self.manual_dir} is not a directory")
+
+    def input_spec(self) -> dict[str, Any]:
+        """Evaluation's preprocessing of one image: RGB, the shorter side to ``round(image_size *
+        eval_resize / 224)``, a centre crop of ``image_size``, ImageNet's mean and std."""
+        from mlpbnn.data.pipeline import MEAN, STD
+        return {"dataset": "imagenet", "height": self.image_size, "width": self.image_size, "channels": 3,
+                "mode": "RGB", "mean": [float(v) for v in MEAN], "std": [float(v) for v in STD],
+                "resize": "shorter_side_center_crop",
+                "shorter_side": int(round(self.image_size * self.eval_resize / 224)), "filter": self.resize_method}
+
+
+@dataclasses.dataclass(frozen=True)
 class _Split:
     """A split's serialised examples and their decoding: ``pipeline.Examples`` for grain's workers."""
 
@@ -69,15 +138,16 @@ class ImageNet(ClassificationDataset):
 
     num_classes = 1000
 
-    def __init__(self, data_dir: str, seed: int, *, image_size: int = 224, crop_scale_min: float = 0.08,
-                 resize_method: str = "bilinear", eval_resize: int = 256, workers: int = -1, prefetch: int = 1,
-                 draft: bool = True, lighting: float = 0.0):
-        if resize_method not in FILTERS:
-            raise ValueError(f"data.resize_method must be one of {', '.join(FILTERS)}, got {resize_method!r}")
-        if not 0.0 < crop_scale_min <= 1.0:
-            raise ValueError(f"data.crop_scale_min must be in (0, 1], got {crop_scale_min}")
-        if not lighting >= 0.0:
-            raise ValueError(f"data.lighting must be >= 0 (0: off), got {lighting}")
+    def __init__(self, data_dir: str, seed: int, config: ImageNetConfig | None = None, **changes: Any):
+        """The prepared imagenet2012 in ``data_dir`` read as ``config`` says (``ImageNetConfig``;
+        ``changes`` replace some of its fields, e.g. ``image_size=64, workers=0``)."""
+        try:
+            c = dataclasses.replace(config or ImageNetConfig(), **changes)
+        except ValueError as e:
+            raise ValueError(f"data.{e}") from None
+        image_size, crop_scale_min, resize_method, eval_resize = c.image_size, c.crop_scale_min, c.resize_method, \
+            c.eval_resize
+        workers, prefetch, draft, lighting = c.workers, c.prefetch, c.draft, c.lighting
         self.data_dir = os.path.expanduser(data_dir or default_data_dir())
         self.builder = tfds_builder(self.data_dir)
         if not self.builder.is_prepared():
@@ -86,8 +156,6 @@ class ImageNet(ClassificationDataset):
                 f"--manual_dir DIR_WITH_TARS --data_dir {self.data_dir}' or set data.manual_dir")
         size = int(image_size)
         resize = int(round(size * eval_resize / 224))
-        if resize < size:
-            raise ValueError(f"data.eval_resize {eval_resize} gives a resize of {resize} < image size {size}")
         self.augment = Augment(int(seed), size, float(crop_scale_min), resize_method, resize, bool(draft),
                                float(lighting))
         self.seed, self.size, self.eval_resize = int(seed), size, resize
@@ -107,30 +175,21 @@ class ImageNet(ClassificationDataset):
                  "are read as the mean image")
 
     @classmethod
-    def from_config(cls, data_config: Any, seed: int) -> ImageNet:
-        """``data.data_dir`` (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); if it holds
-        no prepared imagenet2012, ``data.manual_dir`` (the folder with the tars) prepares it first.
-        Optional keys: ``image_size`` (224), ``crop_scale_min`` (0.08), ``resize_method`` (bilinear;
-        also bicubic, lanczos, nearest, area), ``eval_resize`` (256: the resize for 224 crops, scaled
-        with ``image_size``), ``workers`` (-1: one grain worker process per core, at most 32; 0: decode
-        in this process with one grain read thread per core), ``prefetch`` (1 batch ready per worker),
-        ``draft`` (True: decode large JPEGs at a reduced scale when the crop still gets >= its output
-        resolution), ``lighting`` (0.0: AlexNet PCA colour noise's alphastd, off)."""
-        get = data_config.get
-        data_dir = os.path.expanduser(get("data_dir", "") or default_data_dir())
-        manual_dir = get("manual_dir", "") or ""
-        workers = int(get("workers", -1))
+    def from_config(cls, section: ImageNetConfig | Mapping[str, Any], seed: int) -> ImageNet:
+        """The dataset of the config section ``section`` (an ``ImageNetConfig`` or the ``data``
+        mapping); if ``data_dir`` holds no prepared imagenet2012, ``manual_dir`` (the folder with
+        the tars) prepares it first."""
+        if not isinstance(section, ImageNetConfig):
+            section = from_section(ImageNetConfig, section, "data", ignore=("name",))
+        data_dir = os.path.expanduser(section.data_dir or default_data_dir())
         if not is_prepared(data_dir):
             import jax
             if jax.process_count() > 1:
                 raise FileNotFoundError(
                     f"imagenet2012 is not prepared in {data_dir}; with several processes prepare it once first "
                     "(python -m mlpbnn.data.imagenet prepare --manual_dir M --data_dir D) in a shared folder")
-            prepare(manual_dir, data_dir, workers=max(workers, 0))
-        return cls(data_dir, seed, image_size=get("image_size", 224) or 224,
-                   crop_scale_min=get("crop_scale_min", 0.08), resize_method=get("resize_method", "bilinear"),
-                   eval_resize=get("eval_resize", 256) or 256, workers=workers, prefetch=get("prefetch", 1),
-                   draft=get("draft", True), lighting=get("lighting", 0.0) or 0.0)
+            prepare(section.manual_dir, data_dir, workers=max(section.workers, 0))
+        return cls(data_dir, seed, section)
 
     def describe(self) -> str:
         a = self.augment
@@ -190,3 +249,7 @@ class ImageNet(ClassificationDataset):
         examples = _Split(self.records("validation"), self.augment, self.eval_size)
         yield from pipeline.eval_batches(examples, global_batch, process_index, process_count, self.workers,
                                          self.prefetch)
+
+
+register_dataset("imagenet", ImageNetConfig, ImageNet.from_config, check_files=ImageNetConfig.check_files,
+                 input_spec=ImageNetConfig.input_spec)
