@@ -23,7 +23,7 @@ def get_config(model: str = "hrnet_w32", width: int = 32):
     c.model.layer1_blocks = 4                # stage 1's Bottlenecks
     c.model.stage_modules = (1, 4, 3)        # modules of stages 2-4
     c.model.stage_blocks = 4                 # BasicBlocks per branch
-    c.data.final_boxes = "det"               # needs data.det_file
+    c.evals.det = {"source": "det", "every_steps": 0}  # detector boxes at the end (needs data.det_file)
     c.init_strict = False                    # an ImageNet HRNet as init_checkpoint: its classifier ignored
     c.batch_size = 128
     c.eval_batch_size = 128

@@ -32,7 +32,7 @@ def get_config():
     c.estimator.weights = "mlp"
     c.estimator.activations = "approx_sign"
     c.estimator.share = True
-    c.data.final_boxes = "det"               # needs data.det_file
+    c.evals.det = {"source": "det", "every_steps": 0}  # detector boxes at the end (needs data.det_file)
     c.init_strict = False                    # --config.init_checkpoint=runs/bireal18/variables: an ImageNet
                                              # backbone (fc ignored, the head at its init), as HRNet/SB do
     c.batch_size = 128                       # HRNet: 32 per GPU x 4

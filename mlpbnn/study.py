@@ -46,6 +46,7 @@ from mlpbnn import layers as L
 from mlpbnn.data.base import HOST, Dataset
 from mlpbnn.train import optim
 from mlpbnn.train.config import ConfigError, model_kwargs, total_steps, validate
+from mlpbnn.train.evaluation import evaluate
 from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
 
 Array = jax.Array
@@ -236,30 +237,17 @@ class Study:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, state: TrainState) -> list[dict[str, float]]:
-        """Every copy's evaluation (the task's exact evaluator over the whole evaluation set)."""
-        evaluators = [self.task.evaluator() for _ in self.copies]
-        variables = state.variables()
+        """Every copy's evaluation (the task's exact evaluator over the whole evaluation set), by
+        the trainer's evaluation loop (``mlpbnn.train.evaluation.evaluate``)."""
         ds = self.datasets[0]
-        previous = None
 
-        def hand_over(out: dict[str, Array], batch: dict[str, Any]) -> None:
+        def per_copy(out: dict[str, Array]) -> list[dict[str, Any]]:
             out = jax.device_get(out)
-            for i, ev in enumerate(evaluators):
-                ev.update({k: v[i] for k, v in out.items()}, batch)
+            return [{k: v[i] for k, v in out.items()} for i in range(self.k)]
 
-        for batch in ds.eval_batches(self.eval_batch):
-            device_batch = {k: v for k, v in batch.items() if k != HOST}
-            out = self.eval_step(variables, device_batch)
-            if previous is not None:  # hand over the previous batch while this one computes
-                hand_over(*previous)
-            previous = (out, batch)
-        if previous is not None:
-            hand_over(*previous)
-        results = [ev.result() for ev in evaluators]
-        for r in results:
-            if r.get("count") != ds.eval_size:
-                raise RuntimeError(f"evaluation saw {r.get('count')} examples, the eval set has {ds.eval_size}")
-        return results
+        return evaluate(self.eval_step, state.variables(), ds.eval_batches(self.eval_batch),
+                        [self.task.evaluator() for _ in self.copies],
+                        lambda batch: {k: v for k, v in batch.items() if k != HOST}, per_copy, ds.eval_size)
 
     # ------------------------------------------------------------------ the run
 

@@ -25,7 +25,7 @@ def sample_config(**overrides) -> ml_collections.ConfigDict:
     ann = str(SAMPLE / "test_coco.json")
     c = ml_collections.ConfigDict({"name": "coco", "train_ann": ann, "val_ann": ann, "train_images": str(SAMPLE),
                                    "val_images": str(SAMPLE), "det_file": str(SAMPLE / "test_coco_det_AP_H_56.json"),
-                                   "image_size": (64, 48), "workers": 0, "final_boxes": "det"})
+                                   "image_size": (64, 48), "workers": 0})
     c.update(overrides)
     return c
 
@@ -36,7 +36,7 @@ def test_records_follow_hrnet_on_the_real_sample():
     raw = json.loads((SAMPLE / "test_coco.json").read_text())
     labelled = [a for a in raw["annotations"] if max(a["keypoints"]) > 0]
     assert ds.train_size == ds.eval_size == len(labelled) == 12
-    assert len(ds.box_records["det"]) == 118 and ds.final_variants()["det"].eval_size == 118
+    assert len(ds.box_records["det"]) == 118 and ds.eval_set("det").eval_size == 118
     r = ds.train_records
     first = min(labelled, key=lambda a: (a["image_id"], a["id"]))
     k = np.asarray(first["keypoints"], np.float64).reshape(17, 3)
@@ -51,7 +51,7 @@ def test_records_follow_hrnet_on_the_real_sample():
 
 @needs_sample
 def test_eval_batches_cover_every_box_once_padded_and_masked():
-    ds = coco.CocoKeypoints.from_config(sample_config(), 0).final_variants()["det"]
+    ds = coco.CocoKeypoints.from_config(sample_config(), 0).eval_set("det")
     seen = []
     for pi in range(2):  # two processes' rows of every global batch of 32
         for batch in ds.eval_batches(32, pi, 2):
@@ -177,7 +177,11 @@ def test_bad_files_are_refused_before_training(tmp_path):
     shutil.copytree(SAMPLE, images, ignore=shutil.ignore_patterns("000000040083.jpg"))
     with pytest.raises(FileNotFoundError, match=r"000000040083.jpg: image 40083 of the train split is missing"):
         coco.CocoKeypoints.from_config(sample_config(train_images=str(images)), 0)
-    with pytest.raises(ValueError, match=r"config.data.final_boxes: 'det' needs data.det_file"):
-        coco.CocoKeypoints.from_config(sample_config(det_file=""), 0)
+    with pytest.raises(ValueError, match=r"config.data.eval_boxes: 'det' needs data.det_file"):
+        coco.CocoKeypoints.from_config(sample_config(det_file="", eval_boxes="det"), 0)
+    with pytest.raises(ValueError, match=r"evaluating on 'det' boxes needs data.det_file"):
+        coco.CocoKeypoints.from_config(sample_config(det_file=""), 0).eval_set("det")
+    with pytest.raises(ValueError, match=r"one of gt, det, not 'dt'"):
+        coco.CocoKeypoints.from_config(sample_config(), 0).eval_set("dt")
     with pytest.raises(ValueError, match=r"config.data.heatmap_size: \(10, 10\) must keep the aspect"):
         coco.CocoKeypoints.from_config(sample_config(heatmap_size=(10, 10)), 0)

@@ -52,10 +52,12 @@ class Dataset(abc.ABC):
         return (f"{type(self).__name__}: {self.train_size:,} train / {self.eval_size:,} eval images "
                 f"{'x'.join(map(str, self.image_shape))}")
 
-    def final_variants(self) -> dict[str, Dataset]:
-        """Further evaluation sets for the end of training, by name (keypoints: ``{'det': this with
-        detector boxes}``); their metrics are prefixed with the name. None by default."""
-        return {}
+    def eval_set(self, source: str) -> Dataset:
+        """This dataset with the evaluation set ``source`` ('': its own), for a named evaluation
+        (``config.evals``; COCO: 'gt' or 'det' boxes). ValueError naming the valid sources."""
+        if source:
+            raise ValueError(f"{type(self).__name__} has one evaluation set; source must be '', got {source!r}")
+        return self
 
 
 class ClassificationDataset(Dataset):

@@ -312,8 +312,8 @@ class CocoConfig(CropConfig):
     {train,val}2017.json``, ``{train,val}2017/*.jpg``), each path overridable (``train_ann``,
     ``val_ann``, ``train_images``, ``val_images``); ``det_file``, a person detector's boxes in
     COCO's result format (HRNet's ``COCO_val2017_detections_AP_H_56_person.json``), kept where
-    their score >= ``image_thre``; ``eval_boxes``, the boxes of the periodic evaluations (gt |
-    det); ``final_boxes``, one more evaluation at the end ('' | gt | det)."""
+    their score >= ``image_thre``; ``eval_boxes``, the boxes of the main evaluation (gt | det;
+    ``config.evals`` adds evaluations on the other, ``Dataset.eval_set``)."""
 
     dir: str = ""
     train_ann: str = ""
@@ -323,16 +323,13 @@ class CocoConfig(CropConfig):
     det_file: str = ""
     image_thre: float = 0.0
     eval_boxes: str = "gt"
-    final_boxes: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key, value in (("eval_boxes", self.eval_boxes), ("final_boxes", self.final_boxes or "gt")):
-            if value not in BOX_SOURCES:
-                raise ValueError(f"{key}: must be one of {', '.join(BOX_SOURCES)}, got {value!r}")
-        if "det" in (self.eval_boxes, self.final_boxes) and not self.det_file:
-            key = "eval_boxes" if self.eval_boxes == "det" else "final_boxes"
-            raise ValueError(f"{key}: 'det' needs data.det_file (a person detection file), which is not set")
+        if self.eval_boxes not in BOX_SOURCES:
+            raise ValueError(f"eval_boxes: must be one of {', '.join(BOX_SOURCES)}, got {self.eval_boxes!r}")
+        if self.eval_boxes == "det" and not self.det_file:
+            raise ValueError("eval_boxes: 'det' needs data.det_file (a person detection file), which is not set")
 
     def paths(self) -> dict[str, str]:
         """The four annotation and image paths, each from its own field or the layout under ``dir``."""
@@ -470,8 +467,8 @@ class _Boxes:
 
 class CocoKeypoints(KeypointsDataset):
     """Top-down person keypoints: training on ground-truth boxes of ``train``, evaluation on the
-    ``eval_boxes`` ('gt' or 'det') of ``val``; ``final_boxes`` adds one more evaluation at the end
-    of training on the other box source (its metrics prefixed ``det/`` or ``gt/``).
+    ``eval_boxes`` ('gt' or 'det') of ``val``; ``eval_set`` gives the same data evaluated on the
+    other box source (a named evaluation, ``config.evals``: metrics ``det/AP``, ...).
 
     ``val_coco`` is the evaluation ground truth (pycocotools ``COCO``) for COCOeval; ``load_image``
     reads an evaluation image (for pictures)."""
@@ -479,16 +476,16 @@ class CocoKeypoints(KeypointsDataset):
     num_joints = NUM_JOINTS
 
     def __init__(self, *, train_coco: Any, train_images: ImageSource, val_coco: Any, val_images: ImageSource,
-                 crop: Crop, det_records: Records | None = None, eval_boxes: str = "gt", final_boxes: str = "",
-                 workers: int = 0, prefetch: int = 1, name: str = "coco", check_files: bool = True):
-        if "det" in (eval_boxes, final_boxes) and det_records is None:  # the values: CocoConfig's checks
+                 crop: Crop, det_records: Records | None = None, eval_boxes: str = "gt", workers: int = 0,
+                 prefetch: int = 1, name: str = "coco", check_files: bool = True):
+        if eval_boxes == "det" and det_records is None:  # the values: CocoConfig's checks
             raise ValueError("detector boxes are evaluated but none were given (data.det_file)")
         self.name, self.crop = name, crop
         self.train_coco, self.val_coco = train_coco, val_coco
         self.train_images, self.val_images = train_images, val_images
         self.train_records = gt_records(train_coco, crop.aspect_ratio)
         self.box_records = {"gt": gt_records(val_coco, crop.aspect_ratio), "det": det_records}
-        self.eval_boxes, self.final_boxes = eval_boxes, final_boxes if final_boxes != eval_boxes else ""
+        self.eval_boxes = eval_boxes
         self.eval_records = self.box_records[eval_boxes]
         self.workers, self.prefetch = worker_processes(workers), max(1, int(prefetch))
         self.image_shape = (*crop.image_size, 3)
@@ -525,29 +522,35 @@ class CocoKeypoints(KeypointsDataset):
                            section.image_thre) if section.det_file else None
         return cls(train_coco=cocos["train"], train_images=images["train"], val_coco=cocos["val"],
                    val_images=images["val"], crop=crop, det_records=dets, eval_boxes=section.eval_boxes,
-                   final_boxes=section.final_boxes, workers=section.workers, prefetch=section.prefetch)
+                   workers=section.workers, prefetch=section.prefetch)
 
     def describe(self) -> str:
         c = self.crop
         boxes = {"gt": "ground-truth", "det": "detector"}
-        extra = f", and at the end on {boxes[self.final_boxes]} boxes" if self.final_boxes else ""
+        dets = self.box_records["det"]
+        extra = f"; {len(dets):,} detector boxes" if dets is not None and self.eval_boxes != "det" else ""
         return (f"{type(self).__name__} ({self.name}): {self.train_size:,} train person boxes, "
-                f"{self.eval_size:,} eval boxes ({boxes[self.eval_boxes]}{extra}); input "
+                f"{self.eval_size:,} eval boxes ({boxes[self.eval_boxes]}){extra}; input "
                 f"{c.image_size[0]}x{c.image_size[1]}, heatmaps {c.heatmap_size[0]}x{c.heatmap_size[1]}, "
                 f"sigma {c.sigma}; {self.workers or 'no'} grain worker processes")
 
     def load_image(self, image_id: int) -> np.ndarray:
         return self.val_images.load(image_id)
 
-    def final_variants(self) -> dict[str, CocoKeypoints]:
-        """Further evaluation sets for the end of training: ``{'det': this with detector boxes}``."""
-        if not self.final_boxes:
-            return {}
+    def eval_set(self, source: str) -> CocoKeypoints:
+        """This dataset evaluated on ``source`` boxes: 'gt' (ground truth), 'det' (the detector's,
+        ``data.det_file``) or '' (``data.eval_boxes``)."""
+        if not source or source == self.eval_boxes:
+            return self
+        if source not in BOX_SOURCES:
+            raise ValueError(f"{self.name} evaluates on boxes from one of {', '.join(BOX_SOURCES)}, not {source!r}")
+        if self.box_records[source] is None:
+            raise ValueError(f"{self.name}: evaluating on {source!r} boxes needs data.det_file (a person detection "
+                             "file), which is not set")
         other = copy.copy(self)
-        other.eval_boxes, other.final_boxes = self.final_boxes, ""
-        other.eval_records = self.box_records[self.final_boxes]
+        other.eval_boxes, other.eval_records = source, self.box_records[source]
         other.eval_size = len(other.eval_records)
-        return {self.final_boxes: other}
+        return other
 
     def train_batches(self, position: int, global_batch: int, process_index: int = 0,
                       process_count: int = 1) -> Iterator[tuple[Batch, int]]:

@@ -23,6 +23,7 @@ from ml_collections import config_dict
 from mlpbnn import data, estimators, models, tasks
 from mlpbnn.binary import as_rules, format_rules
 from mlpbnn.registry import SectionError, from_section, section_dict
+from mlpbnn.train.evaluation import EvalEntry
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -75,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_strict = True             # False: take the checkpoint's variables the model has (an ImageNet
                                      # backbone for a pose model), keep the others' init, ignore the rest
     c.progress_bar = True
+    # Named evaluations beside the main one (mlpbnn.train.evaluation.EvalEntry), e.g. COCO's
+    # detector boxes at the end: c.evals.det = {"source": "det", "every_steps": 0}.
+    c.evals = ml_collections.ConfigDict()
 
     # name: a zoo model plus models.create overrides, or a model of your own, "package.module:Factory",
     # with model.kwargs = {...} for the factory; model.binarize: rules that binarize its layers
@@ -244,6 +248,16 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     _positive(config, "num_train_steps", allow=(-1,))
     if config.num_train_steps == -1:
         _positive(config, "num_epochs")
+    for name, section in config.get("evals", {}).items():
+        if not name.isidentifier():
+            _fail(f"evals.{name}", "an evaluation's name must be an identifier (its metrics are NAME/...)")
+        try:
+            entry = from_section(EvalEntry, section, f"evals.{name}")
+        except SectionError as e:
+            raise ConfigError(str(e)) from None
+        if entry.every_steps and (config.eval_every_steps <= 0 or entry.every_steps % config.eval_every_steps):
+            _fail(f"evals.{name}.every_steps", f"{entry.every_steps} must be a multiple of eval_every_steps "
+                                               f"({config.eval_every_steps}), or 0 for the end only")
     for field in ("checkpoint_every_steps", "eval_every_steps"):
         if config[field] > 0 and config[field] % config.log_every_steps:
             _fail(field, f"{config[field]} must be a multiple of log_every_steps ({config.log_every_steps}) so "

@@ -29,10 +29,12 @@ from tqdm import tqdm
 from mlpbnn import complexity, data, models, tasks
 from mlpbnn import layers as L
 from mlpbnn.data.base import data_sharding, to_global
+from mlpbnn.registry import from_section
 from mlpbnn.tasks.base import local_rows
-from mlpbnn.train import optim
+from mlpbnn.train import evaluation, optim
 from mlpbnn.train.checkpoint import CheckpointMismatch, Checkpoints
 from mlpbnn.train.config import ConfigError, eval_batch_size, is_binary, model_kwargs, total_steps, validate
+from mlpbnn.train.evaluation import EvalEntry
 from mlpbnn.train.metrics import MetricWriter, parameter_overview
 from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
 from mlpbnn.variables_io import load_variables, save_variables
@@ -205,6 +207,13 @@ class Trainer:
         self.dtype = jnp.dtype(config.dtype)
         self.image_shape = tuple(self.dataset.image_shape)
         self.exported_before = (self.workdir / "variables").exists()
+        self.evals: dict[str, tuple[EvalEntry, Any]] = {}
+        for name, section in config.evals.items():
+            entry = from_section(EvalEntry, section, f"evals.{name}")
+            try:
+                self.evals[name] = (entry, self.dataset.eval_set(entry.source))
+            except ValueError as e:
+                raise ConfigError(f"config.evals.{name}.source: {e}") from None
         self.teacher: Any = None
         self.teacher_vars: Any = None
         self._best_step: int | None = None
@@ -325,26 +334,27 @@ class Trainer:
 
     def evaluate(self, eval_step: Any, state: TrainState, dataset: Any = None, prefix: str = "") -> dict[str, float]:
         """Exact: every eval example once (padded last batch, masked), the same on every process.
-        ``dataset``: another evaluation set than the run's (a final variant); ``prefix`` names
+        ``dataset``: another evaluation set than the run's (a named evaluation's); ``prefix`` names
         what the evaluator writes for it."""
         dataset = dataset or self.dataset
         evaluator = self.task.evaluator()
-        variables = state.variables()
-        previous = None
-        for batch in dataset.eval_batches(self.eval_batch, self.pi, self.pc):
-            out = eval_step(variables, to_global(batch, self.mesh))
-            if previous is not None:  # hand over the previous batch while this one computes
-                evaluator.update({k: local_rows(v) for k, v in previous[0].items()}, previous[1])
-            previous = (out, batch)
-        if previous is not None:
-            evaluator.update({k: local_rows(v) for k, v in previous[0].items()}, previous[1])
-        result = evaluator.result()
-        if result.get("count") != dataset.eval_size:
-            raise RuntimeError(f"evaluation saw {result.get('count')} examples, the eval set has "
-                               f"{dataset.eval_size}")
+        result, = evaluation.evaluate(
+            eval_step, state.variables(), dataset.eval_batches(self.eval_batch, self.pi, self.pc), [evaluator],
+            lambda batch: to_global(batch, self.mesh), lambda out: [{k: local_rows(v) for k, v in out.items()}],
+            dataset.eval_size)
         if self.pi == 0:
             evaluator.write(self.workdir, prefix)
         return result
+
+    def _evaluate_named(self, run: StageRun, step: int, final: bool) -> dict[str, float]:
+        """The main evaluation and the named ones due at ``step`` (all of them when ``final``),
+        the named ones' metrics prefixed ``NAME/``."""
+        metrics = self._evaluate_finite(run.eval_step, run.state, step)
+        for name, (entry, dataset) in self.evals.items():
+            if final or (entry.every_steps and step % entry.every_steps == 0):
+                extra = self._evaluate_finite(run.eval_step, run.state, step, dataset, prefix=f"{name}_")
+                metrics.update({f"{name}/{k}": v for k, v in extra.items()})
+        return metrics
 
     # ------------------------------------------------------------------ the run
 
@@ -428,7 +438,7 @@ class Trainer:
             self._check_finite(pending, step)  # empty when the step was just logged (validate aligns them)
         metrics = None
         if evaluate:
-            metrics = self._evaluate_finite(run.eval_step, run.state, step)
+            metrics = self._evaluate_named(run, step, final=False)
             writer.write(step, "eval", metrics)
         if evaluate or save:
             ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, metrics)
@@ -436,14 +446,9 @@ class Trainer:
 
     def _finish(self, run: StageRun, step: int, position: int, ckpts: Checkpoints,
                 writer: MetricWriter) -> dict[str, float]:
-        """The final evaluation, saved with the last checkpoint, and the exported variables. A
-        dataset's final variants (keypoints: detector boxes) are evaluated too, their metrics
-        prefixed with the variant's name (``det/AP``)."""
-        final = self._evaluate_finite(run.eval_step, run.state, step)
-        variants = self.dataset.final_variants()
-        for name, dataset in variants.items():
-            extra = self._evaluate_finite(run.eval_step, run.state, step, dataset, prefix=f"{name}_")
-            final.update({f"{name}/{k}": v for k, v in extra.items()})
+        """The final evaluations (the main one and every named one, ``config.evals``: e.g.
+        ``det/AP`` on detector boxes), saved with the last checkpoint, and the exported variables."""
+        final = self._evaluate_named(run, step, final=True)
         writer.write(step, "eval", final)
         if ckpts.latest_step() != step:
             ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, final)
