@@ -9,6 +9,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -149,13 +150,12 @@ class DigitsConfig:
     pixel and horizontal flips)."""
 
     augment: str = "none"
+    dataset: ClassVar[str] = "digits"  # the name its messages use
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment: {self.augment!r} is not valid for {self.dataset}; choose one of "
                              f"{', '.join(AUGMENTATIONS)}")
-
-    dataset = "digits"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +164,7 @@ class FashionMnistConfig(DigitsConfig):
     ``dataset-fashion-mnist`` folder), and ``augment``."""
 
     dir: str = ""
-
-    dataset = "fashion_mnist"
+    dataset: ClassVar[str] = "fashion_mnist"
 
 
 def _check_fashion_files(section: FashionMnistConfig) -> None:
