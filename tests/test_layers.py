@@ -297,28 +297,6 @@ def test_bad_layer_arguments(kwargs, msg):
         layer.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    ({"pad_value": 0.5}, "BinarySpec.pad_value"), ({"weight_scale": "max"}, "BinarySpec.weight_scale"),
-    ({"weight_norm": "l2"}, "BinarySpec.weight_norm"), ({"weights": "sgn"}, "BinarySpec.weights: unknown estimator"),
-    ({"init": "zeros"}, "BinarySpec.init"), ({"sign_zero": 0.5}, "BinarySpec.sign_zero"),
-    ({"share": 1}, "BinarySpec.share"), ({"weights": "classifier", "sign_zero": 1.0}, "no sign\\(0\\) choice"),
-])
-def test_bad_spec_fields_are_named(kwargs, msg):
-    with pytest.raises(ValueError, match=msg):
-        L.BinarySpec(**kwargs)
-
-
-def test_spec_is_hashable_and_resolves_estimators():
-    spec = L.BinarySpec(weights="ste(clip=2.0)", inputs={"name": "approx_sign"}, sign_zero=-1.0)
-    assert spec == L.BinarySpec(weights=E.get("ste", clip=2.0, zero=-1.0), inputs=E.get("approx_sign", zero=-1.0),
-                                sign_zero=-1.0)
-    assert hash(spec) == hash(L.BinarySpec(weights="ste(clip=2.0)", inputs="approx_sign", sign_zero=-1.0))
-    assert L.BinarySpec() == BBC and L.BinarySpec().binary and not L.REAL.binary
-    assert spec.replace(weights=None).weights is None
-    with pytest.raises(ValueError, match="unknown BinarySpec field"):
-        spec.replace(weight_estimator=None)
-
-
 def test_bad_input_rank_and_mismatched_shared_theta():
     with pytest.raises(ValueError, match="NHWC"):
         L.BinaryConv(4).init(jax.random.key(0), jnp.ones((5, 5, 3)))
