@@ -162,7 +162,7 @@ def format_rules(rules: Sequence[Rule]) -> str:
             continue
         s = rule.spec
         options = [f"{f.name}={getattr(s, f.name)!r}" for f in dataclasses.fields(s)
-                   if f.name not in ("weights", "inputs", "sign_zero") and getattr(s, f.name) != f.default]
+                   if f.name not in ("weights", "inputs") and getattr(s, f.name) != f.default]
         text = f"{_format_estimator(s.weights)}/{_format_estimator(s.inputs)}"
         out.append(f"{selector}={text}{':' + ','.join(options) if options else ''}")
     return ";".join(out)

@@ -263,6 +263,8 @@ def test_rules_text_form():
     assert rules[3].kind is None and rules[3].spec.input_bias and rules[3].spec.init == "reactnet"
     assert parse_rules(format_rules(rules)) == rules
     assert parse_rules(format_rules(RESNET_RULES)) == RESNET_RULES
+    signed = (Rule(kind=nn.Conv, spec=BinarySpec(weights="mlp(init='positive')", sign_zero=-1.0)),)
+    assert parse_rules(format_rules(signed)) == signed
 
 
 @pytest.mark.parametrize("text,msg", [

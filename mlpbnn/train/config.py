@@ -195,17 +195,16 @@ def model_kwargs(config: Any, stage_weights: str | None = None) -> dict[str, Any
     head's arguments come from the task. Rules (``model.binarize``) are given in their text
     form, JSON-ready for the variables' metadata; they name their own estimators, so only stage
     one of two-stage training (``stage_weights`` 'none') changes them: real weights."""
-    kw = {k: _plain(v) for k, v in config.model.items() if k != "name"}
-    if kw.get("binarize"):
-        kw["binarize"] = format_rules(as_rules(kw["binarize"]))
-        if stage_weights is not None and estimators.parse(stage_weights) is None:
-            kw["weight_estimator"] = None
-        return kw
-    kw.pop("binarize", None)
-    if is_binary(config):
+    kw = {k: _plain(v) for k, v in config.model.items() if k not in ("name", "binarize")}
+    zoo_binary = not models.is_external(config.model.name) and models.info(config.model.name).binary
+    if zoo_binary:
         kw["weight_estimator"] = config.estimator.weights if stage_weights is None else stage_weights
         kw["activation_estimator"] = config.estimator.activations
         kw["share_estimator"] = config.estimator.share
+    if config.model.get("binarize"):
+        kw["binarize"] = format_rules(as_rules(config.model.binarize))
+        if not zoo_binary and stage_weights is not None and estimators.parse(stage_weights) is None:
+            kw["weight_estimator"] = None  # a user's model: every rule's weights real in stage one
     return kw
 
 
