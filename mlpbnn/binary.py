@@ -212,7 +212,7 @@ def _twin(module: nn.Module, spec: BinarySpec, x: Array, path: str, thetas: dict
                   kernel_init=module.kernel_init, bias_init=module.bias_init, parent=module.scope, **thetas)
     if isinstance(module, nn.Dense):
         return L.BinaryDense(module.features, **common)
-    if getattr(module, "mask", None) is not None:
+    if module.mask is not None:
         _refuse(path, module, "a kernel mask is not supported")
     kernel_size = tuple(module.kernel_size) if not isinstance(module.kernel_size, int) else (module.kernel_size,)
     if len(kernel_size) != 2 or x.ndim != 4:
