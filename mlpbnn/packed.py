@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mlpbnn.conv import conv_transpose
+
 Array = jax.Array
 WORD_BITS = 32
 WORD_DTYPE = jnp.uint32
@@ -223,6 +225,120 @@ def binary_conv(x: Array, bits: Array, in_channels: int, kernel_size: Sequence[i
         corr = border_correction(wsum, x.shape[1:3], strides, padding)
         acc = acc - jnp.asarray(corr.astype(np.int32))
     return acc
+
+
+# ------------------------------------------------------------------------------------------- transposed convolution
+
+
+def _transpose_phase(rho: int, kernel: int, stride: int, pad_lo: int) -> tuple[list[int], int]:
+    """One axis of output phase ``rho`` of a transposed convolution (outputs s t + rho).
+
+    Output s t + rho is full-output index s (t + q) + r with (q, r) = divmod(rho + p, s); tap
+    r + s j reads input t + q - j. Returns the phase's taps reversed, [r + s (m - 1), ..., r] (so
+    that the phase is a stride-1 correlation), and the input index ``a = q - (m - 1)`` its output
+    0 reads with the first of them; output t reads inputs a + t .. a + t + m - 1."""
+    q, r = divmod(rho + pad_lo, stride)
+    taps = list(range(r, kernel, stride))[::-1]
+    return taps, q - (len(taps) - 1)
+
+
+def binary_conv_transpose(x: Array, bits: Array, in_channels: int, kernel_size: Sequence[int],
+                          strides: Sequence[int], padding: Sequence[Sequence[int]], sign_zero: float = 1.0,
+                          wsum: np.ndarray | None = None, layout: str = "direct") -> Array:
+    """The integer ``conv_transpose(sign(x), W)`` of a binary deconvolution, on packed words.
+
+    ``W = unpack_weight_signs(bits, kernel_size, in_channels)`` is the +-1 scatter-form kernel
+    (kh, kw, C, O) of ``mlpbnn.conv.conv_transpose`` (PyTorch's ``conv_transpose2d``), ``padding``
+    PyTorch's crop per side ((top, bottom), (left, right)), >= 0; the output is (N, Ho, Wo, O) int32
+    with Ho = (H - 1) sh + kh - top - bottom.
+
+    Computed in the sub-pixel view (Shi et al., arXiv 1609.05158) rather than on the s-dilated
+    input, whose holes would be most of the XNOR work: output phase (rho_h, rho_w) is a stride-1
+    correlation of x with the phase's taps of W (rows of ``bits``, reversed), one ``xnor_conv`` of
+    the input packed once, and the s_h * s_w phases are interleaved depth-to-space. Taps that fall
+    outside the input are structural zeros (no product at all), which bits cannot hold: the
+    packed input is padded with +1 words, which adds the taps' weight sums, and the exact result
+    is that minus ``border_correction`` of ``wsum`` = W.sum(axis=2) (kh, kw, O), a constant
+    computed in numpy at trace time. ``wsum`` is required whenever a phase reaches outside the
+    input (any k > s or p > 0 in practice).
+    """
+    kh, kw = kernel_size
+    sh, sw = strides
+    (pt, pb), (pl, pr) = padding
+    if min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"binary_conv_transpose: padding must be >= 0 (PyTorch's crop per side), got {padding}")
+    if min(sh, sw) < 1:
+        raise ValueError(f"binary_conv_transpose: strides must be positive, got {strides}")
+    if x.ndim != 4 or x.shape[-1] != in_channels:
+        raise ValueError(f"binary_conv_transpose: expected NHWC input with {in_channels} channels, got {x.shape}")
+    n, h, w, _ = x.shape
+    o = bits.shape[-1]
+    if bits.shape != (kh * kw, words(in_channels), o):
+        raise ValueError(f"binary_conv_transpose: packed weights {bits.shape} do not match kernel {kh}x{kw} and "
+                         f"{in_channels} input channels (expected ({kh * kw}, {words(in_channels)}, O))")
+    if wsum is not None and np.shape(wsum) != (kh, kw, o):
+        raise ValueError(f"binary_conv_transpose: wsum has shape {np.shape(wsum)}, expected {(kh, kw, o)}")
+    oh, ow = (h - 1) * sh + kh - pt - pb, (w - 1) * sw + kw - pl - pr
+    if min(oh, ow) < 1:
+        raise ValueError(f"binary_conv_transpose of {(h, w)} with kernel {(kh, kw)}, strides {(sh, sw)} and padding "
+                         f"{padding} has an empty output {(oh, ow)}")
+    th, tw = -(-oh // sh), -(-ow // sw)  # rows/columns of phase 0; later phases may have one fewer
+
+    def axis_phases(out: int, k: int, s: int, lo: int) -> list[tuple[list[int], int, int]]:
+        """Per phase: reversed taps, first input read, output count (exact, so no cropped output
+        reaches outside the input)."""
+        return [(*_transpose_phase(rho, k, s, lo), len(range(rho, out, s))) for rho in range(s)]
+
+    rows, cols = axis_phases(oh, kh, sh, pt), axis_phases(ow, kw, sw, pl)
+
+    def pads(phases: list[tuple[list[int], int, int]], size: int) -> tuple[int, int]:
+        """Padding of the packed input that every phase's window [a, a + len + m - 1) fits in."""
+        live = [(a, a + t + len(taps) - 1) for taps, a, t in phases if taps and t]
+        return max([0] + [-a for a, _ in live]), max([0] + [e - size for _, e in live])
+
+    (lo_h, hi_h), (lo_w, hi_w) = pads(rows, h), pads(cols, w)
+    padded = any((lo_h, hi_h, lo_w, hi_w))
+    if padded and wsum is None:
+        raise ValueError("binary_conv_transpose: taps outside the input need the weights' per-tap sums (wsum, "
+                         "(kh, kw, O) = W.sum(axis=2)) for the structural-zero correction")
+    xb = pack_signs(x, sign_zero)
+    if padded:
+        xb = jnp.pad(xb, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))  # +1: bit 0 in every word
+    bits = jnp.asarray(bits)
+    phase_rows = []
+    for taps_h, ah, nh in rows:
+        phase_cols = []
+        for taps_w, aw, nw in cols:
+            mh, mw = len(taps_h), len(taps_w)
+            if not (mh and mw and nh and nw):  # k < s (no tap reaches this phase) or a phase past the output
+                phase_cols.append(jnp.zeros((n, th, tw, o), jnp.int32))
+                continue
+            lh, lw = nh + mh - 1, nw + mw - 1  # the phase's input window
+            xs = xb[:, lo_h + ah:lo_h + ah + lh, lo_w + aw:lo_w + aw + lw]
+            sub = bits[np.asarray([i * kw + j for i in taps_h for j in taps_w])]
+            acc = xnor_conv(xs, sub, mh * mw * in_channels, (mh, mw), (1, 1), layout)
+            if wsum is not None:
+                # The window as a padding of the input (negative: a crop): border_correction sums the
+                # weights of exactly the taps that read outside [0, h) x [0, w).
+                corr = border_correction(np.asarray(wsum)[np.ix_(taps_h, taps_w)], (h, w), (1, 1),
+                                         ((-ah, ah + lh - h), (-aw, aw + lw - w)))
+                if corr.any():
+                    acc = acc - jnp.asarray(corr.astype(np.int32))
+            if (nh, nw) != (th, tw):
+                acc = jnp.pad(acc, ((0, 0), (0, th - nh), (0, tw - nw), (0, 0)))
+            phase_cols.append(acc)
+        phase_rows.append(jnp.stack(phase_cols, axis=3))  # (n, th, tw, sw, o)
+    y = jnp.stack(phase_rows, axis=2).reshape(n, th * sh, tw * sw, o)  # (n, th, sh, tw, sw, o) depth-to-space
+    return y if (th * sh, tw * sw) == (oh, ow) else y[:, :oh, :ow]
+
+
+def float_binary_conv_transpose(x: Array, weights: Array, strides: Sequence[int],
+                                padding: Sequence[Sequence[int]], sign_zero: float = 1.0) -> Array:
+    """The same binary deconvolution in float: sign(x) (sign(0) = ``sign_zero``) transposed-convolved
+    with the +-1 scatter-form ``weights`` (kh, kw, C, O) by ``mlpbnn.conv.conv_transpose``
+    (PyTorch's ``conv_transpose2d``, ``padding`` cropped per side). The float reference path."""
+    s = jnp.where(x > 0, 1.0, jnp.where(x < 0, -1.0, sign_zero)).astype(x.dtype)
+    return conv_transpose(s, weights.astype(x.dtype), tuple(strides), tuple(tuple(p) for p in padding))
 
 
 # ------------------------------------------------------------------------------------------- programs
