@@ -43,20 +43,32 @@ from mlpbnn.conv import conv_transpose
 Array = jax.Array
 WORD_BITS = 32
 WORD_DTYPE = jnp.uint32
-# Ops a program may hold, with their required fields (beyond "op", "src", "dst").
+# Ops a program may hold, with their required fields (beyond "op", "src", "dst"); the IR is
+# documented in ``mlpbnn.lowering``, which writes it.
 OPS: dict[str, tuple[str, ...]] = {
     "conv": ("kernel", "strides", "padding"),
+    "conv_transpose": ("kernel", "strides", "padding"),
     "dense": ("kernel", "bias"),
     "affine": ("scale", "bias"),
     "bias": ("bias",),
     "prelu": ("slope",),
+    "relu": (),
     "maxpool": ("window", "strides", "padding"),
     "avgpool": ("window", "strides"),
     "global_avg_pool": (),
     "add": (),
+    "concat": (),
+    "upsample": ("factors",),
+    "channel_mean": ("group",),
+    "channel_repeat": ("factor",),
+    "flatten": (),
     "binary_conv": ("bits", "in_channels", "kernel_size", "strides", "padding", "pad_value", "sign_zero",
                     "scale", "bias"),
+    "binary_conv_transpose": ("bits", "in_channels", "kernel_size", "strides", "padding", "sign_zero", "scale",
+                              "bias"),
+    "binary_dense": ("bits", "in_channels", "sign_zero", "scale", "bias"),
 }
+BINARY_OPS = ("binary_conv", "binary_conv_transpose", "binary_dense")
 LAYOUTS = ("direct", "blocked")
 
 
@@ -358,16 +370,33 @@ def check_program(program: Mapping[str, Any], arrays: Mapping[str, Any]) -> None
                 raise ValueError(f"op {i} ({kind}): array {op[f]!r} not found")
 
 
-def _pool(x: Array, init: float, fn: Any, window: int, strides: int, padding: int) -> Array:
-    p = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    return lax.reduce_window(x, jnp.asarray(init, x.dtype), fn, (1, window, window, 1), (1, strides, strides, 1), p)
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _pads(v: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A pooling op's padding: an int (symmetric, format 1) or ((top, bottom), (left, right))."""
+    if isinstance(v, (int, np.integer)):
+        return ((int(v), int(v)), (int(v), int(v)))
+    return (tuple(map(int, v[0])), tuple(map(int, v[1])))  # type: ignore[return-value]
+
+
+def _pool(x: Array, init: float, fn: Any, op: Mapping[str, Any]) -> Array:
+    (wh, ww), (sh, sw) = _pair(op["window"]), _pair(op["strides"])
+    pads = ((0, 0), *_pads(op.get("padding", 0)), (0, 0))
+    return lax.reduce_window(x, jnp.asarray(init, x.dtype), fn, (1, wh, ww, 1), (1, sh, sw, 1), pads)
+
+
+def sign(x: Array, sign_zero: float = 1.0) -> Array:
+    """+-1 of ``x`` with sign(0) = ``sign_zero``, in x's dtype."""
+    return jnp.where(x > 0, 1.0, jnp.where(x < 0, -1.0, sign_zero)).astype(x.dtype)
 
 
 def float_binary_conv(x: Array, weights: Array, strides: Sequence[int], padding: Sequence[Sequence[int]],
                       pad_value: float, sign_zero: float = 1.0) -> Array:
     """The same binary layer in float: sign(x) padded with ``pad_value``, XLA's float convolution
     with the +-1 ``weights`` (HWIO). The float reference path of a program."""
-    s = jnp.where(x > 0, 1.0, jnp.where(x < 0, -1.0, sign_zero)).astype(x.dtype)
+    s = sign(x, sign_zero)
     (pt, pb), (pl, pr) = padding
     s = jnp.pad(s, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad_value)
     return lax.conv_general_dilated(s, weights.astype(x.dtype), tuple(strides), "VALID",
@@ -376,13 +405,18 @@ def float_binary_conv(x: Array, weights: Array, strides: Sequence[int], padding:
 
 def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Array,
                 static: Mapping[str, np.ndarray], dtype: Any = jnp.float32, layout: str = "direct",
-                binary: str = "packed") -> Array:
+                binary: str = "packed", registers: bool = False) -> Array | dict[str, Array]:
     """Runs ``program`` on the NHWC batch ``x``; traceable. ``static``: numpy arrays used at trace
-    time, the per-tap weight sums (kh, kw, O) of the zero-padded binary convs by their ``bits`` name.
+    time, the per-tap weight sums (kh, kw, O) of the binary (transposed) convs that need a border
+    correction, by their ``bits`` name.
 
-    ``binary='float'`` computes the binary convolutions as float convolutions of sign(x) with the
-    +-1 weights (``arrays[bits + '.float']``, HWIO), the same network without bit-packing: the
-    float XLA baseline of ``bench/latency.py``."""
+    ``binary='packed'`` computes the binary ops by XNOR-popcount on bit-packed words (integer
+    accumulators); ``binary='float'`` as float convolutions / products of sign(x) with the +-1
+    weights (``arrays[bits + '.float']``): the same folded program without bit-packing, the float
+    reference and the float XLA baseline of ``bench/latency.py``. ``registers=True`` returns
+    every register by name instead of the output."""
+    from mlpbnn.conv import conv_transpose
+
     regs: dict[str, Array] = {program.get("input", "input"): x.astype(dtype)}
 
     def arr(name: str) -> Array:
@@ -392,9 +426,11 @@ def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Arra
         kind = op["op"]
         src = [regs[s] for s in op["src"]] if isinstance(op["src"], list) else regs[op["src"]]
         if kind == "conv":
-            (sh, sw), pad = op["strides"], [tuple(p) for p in op["padding"]]
-            y = lax.conv_general_dilated(src, arr(op["kernel"]), (sh, sw), pad,
+            pads = [tuple(p) for p in op["padding"]]
+            y = lax.conv_general_dilated(src, arr(op["kernel"]), tuple(op["strides"]), pads,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        elif kind == "conv_transpose":
+            y = conv_transpose(src, arr(op["kernel"]), tuple(op["strides"]), tuple(map(tuple, op["padding"])))
         elif kind == "dense":
             y = src @ arr(op["kernel"]) + arr(op["bias"])
         elif kind == "affine":
@@ -403,34 +439,73 @@ def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Arra
             y = src + arr(op["bias"])
         elif kind == "prelu":
             y = jnp.where(src > 0, src, arr(op["slope"]) * src)  # PyTorch's PReLU test: x > 0
+        elif kind == "relu":
+            y = jnp.maximum(src, 0)
         elif kind == "maxpool":
-            y = _pool(src, -jnp.inf, lax.max, op["window"], op["strides"], op["padding"])
+            y = _pool(src, -jnp.inf, lax.max, op)
         elif kind == "avgpool":
-            y = _pool(src, 0.0, lax.add, op["window"], op["strides"], 0) / (op["window"] ** 2)
+            wh, ww = _pair(op["window"])
+            y = _pool(src, 0.0, lax.add, op) / (wh * ww)
         elif kind == "global_avg_pool":
-            y = jnp.mean(src, axis=(1, 2))
+            y = jnp.mean(src, axis=(1, 2), keepdims=bool(op.get("keepdims", False)))
         elif kind == "add":
             y = src[0] + src[1]
-        elif kind == "binary_conv" and binary == "float":
-            acc = float_binary_conv(src, arrays[op["bits"] + ".float"], op["strides"], op["padding"],
-                                    op["pad_value"], op["sign_zero"])
-            y = acc * arr(op["scale"]) + arr(op["bias"])
-        elif kind == "binary_conv":
-            acc = binary_conv(src, arrays[op["bits"]], op["in_channels"], op["kernel_size"], op["strides"],
-                              op["padding"], op["pad_value"], op["sign_zero"], static.get(op["bits"]), layout)
-            y = acc.astype(dtype) * arr(op["scale"]) + arr(op["bias"])
+        elif kind == "concat":
+            y = jnp.concatenate(src, axis=-1)
+        elif kind == "upsample":
+            fh, fw = op["factors"]
+            y = jnp.repeat(jnp.repeat(src, fh, axis=1), fw, axis=2)
+        elif kind == "channel_mean":
+            g = op["group"]
+            y = jnp.mean(src.reshape(*src.shape[:-1], src.shape[-1] // g, g), axis=-1)
+        elif kind == "channel_repeat":
+            y = jnp.repeat(src, op["factor"], axis=-1)
+        elif kind == "flatten":
+            y = src.reshape(src.shape[0], -1)
+        elif kind in BINARY_OPS:
+            y = _binary_op(op, src, arrays, static, dtype, layout, binary) * arr(op["scale"]) + arr(op["bias"])
         else:  # check_program refuses unknown ops before tracing
             raise ValueError(f"unknown op {kind!r}")
         regs[op["dst"]] = y
-    return regs[program.get("output", "output")]
+    return regs if registers else regs[program.get("output", "output")]
+
+
+def _binary_op(op: Mapping[str, Any], x: Array, arrays: Mapping[str, Array], static: Mapping[str, np.ndarray],
+               dtype: Any, layout: str, binary: str) -> Array:
+    """The accumulator of a binary op (before its scale and bias), in ``dtype``: exact integers."""
+    kind, sz = op["op"], op["sign_zero"]
+    if binary == "float":
+        w = arrays[op["bits"] + ".float"].astype(dtype)
+        if kind == "binary_conv":
+            return float_binary_conv(x, w, op["strides"], op["padding"], op["pad_value"], sz)
+        if kind == "binary_conv_transpose":
+            return float_binary_conv_transpose(x, w, op["strides"], op["padding"], sz)
+        return sign(x, sz) @ w[0, 0]
+    bits, wsum = arrays[op["bits"]], static.get(op["bits"])
+    if kind == "binary_conv":
+        acc = binary_conv(x, bits, op["in_channels"], op["kernel_size"], op["strides"], op["padding"],
+                          op["pad_value"], sz, wsum, layout)
+    elif kind == "binary_conv_transpose":
+        acc = binary_conv_transpose(x, bits, op["in_channels"], op["kernel_size"], op["strides"], op["padding"], sz,
+                                    wsum, layout)
+    else:  # binary_dense: a 1x1 binary convolution of one pixel
+        acc = binary_conv(x.reshape(x.shape[0], 1, 1, x.shape[-1]), bits, op["in_channels"], (1, 1), (1, 1),
+                          ((0, 0), (0, 0)), 1.0, sz, None, layout).reshape(x.shape[0], -1)
+    return acc.astype(dtype)
+
+
+def _unpack(op: Mapping[str, Any], bits: np.ndarray) -> np.ndarray:
+    return unpack_weight_signs(bits, op.get("kernel_size", (1, 1)), op["in_channels"])
 
 
 class PackedNetwork:
     """A packed program with its arrays on the device, jit-compiled end to end.
 
-    ``net(x)`` returns the outputs (logits) of the NHWC float batch ``x`` as a jax Array. On the
-    CPU the compiled code prefers 512-bit vectors (``xla_cpu_prefer_vector_width``): LLVM's default
-    of 256 bits halves the width of the popcount loops on AVX-512 CPUs (measured 1.3-2.4x slower).
+    ``net(x)`` returns the outputs (logits, heatmaps) of the NHWC float batch ``x`` as a jax
+    Array. ``binary``: 'packed' (XNOR-popcount) or 'float' (the same folded program with float
+    convolutions of the +-1 values; ``run_program``). On the CPU the compiled code prefers
+    512-bit vectors (``xla_cpu_prefer_vector_width``): LLVM's default of 256 bits halves the
+    width of the popcount loops on AVX-512 CPUs (measured 1.3-2.4x slower).
     """
 
     def __init__(self, program: Mapping[str, Any], arrays: Mapping[str, np.ndarray], dtype: Any = jnp.float32,
@@ -441,17 +516,16 @@ class PackedNetwork:
         if binary not in ("packed", "float"):
             raise ValueError(f"binary must be 'packed' or 'float', got {binary!r}")
         self.program, self.dtype, self.layout, self.binary = dict(program), dtype, layout, binary
-        binary_ops = [op for op in program["ops"] if op["op"] == "binary_conv"]
-        # Per-tap weight sums for the border correction of zero-padded layers, from the bits (numpy,
-        # used at trace time: the correction becomes a constant of the compiled program).
-        self.static = {op["bits"]: unpack_weight_signs(arrays[op["bits"]], op["kernel_size"], op["in_channels"]).sum(
-            axis=2).astype(np.int64) for op in binary_ops if op["pad_value"] == 0.0}
+        binary_ops = [op for op in program["ops"] if op["op"] in BINARY_OPS]
+        # Per-tap weight sums for the border corrections (zero-padded convs, every transposed conv),
+        # from the bits (numpy, used at trace time: the corrections become constants of the program).
+        self.static = {op["bits"]: _unpack(op, arrays[op["bits"]]).sum(axis=2).astype(np.int64) for op in binary_ops
+                       if op["op"] == "binary_conv_transpose" or (op["op"] == "binary_conv" and op["pad_value"] == 0.0)}
         arrays = dict(arrays)
         if binary == "float":
             for op in binary_ops:
-                arrays[op["bits"] + ".float"] = unpack_weight_signs(arrays[op["bits"]], op["kernel_size"],
-                                                                    op["in_channels"])
-                del arrays[op["bits"]]
+                if op["bits"] in arrays:
+                    arrays[op["bits"] + ".float"] = _unpack(op, arrays.pop(op["bits"]))
         self.arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
         options = {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
         self._fn = jax.jit(self._apply, compiler_options=options)
@@ -461,3 +535,23 @@ class PackedNetwork:
 
     def __call__(self, x: Any) -> Array:
         return self._fn(self.arrays, jnp.asarray(x))
+
+
+def binary_accumulators(program: Mapping[str, Any], arrays: Mapping[str, np.ndarray], x: Any,
+                        dtype: Any = jnp.float32) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For every binary op of ``program`` (by its ``dst``): its integer accumulator computed by
+    XNOR-popcount and by the float reference, both from the same input register (the float
+    program's, run on ``x``), as numpy arrays; one compiled program. They are equal exactly
+    when the packing, the padding values and the border corrections are right."""
+    ref = PackedNetwork(program, arrays, dtype, binary="float")
+    pk = PackedNetwork(program, arrays, dtype)
+    ops = [op for op in program["ops"] if op["op"] in BINARY_OPS]
+
+    def accumulate(ref_arrays: Mapping[str, Array], pk_arrays: Mapping[str, Array], v: Array) -> dict[str, Any]:
+        regs = run_program(ref.program, ref_arrays, v, ref.static, dtype, binary="float", registers=True)
+        return {op["dst"]: (_binary_op(op, regs[op["src"]], pk_arrays, pk.static, dtype, "direct", "packed"),
+                            _binary_op(op, regs[op["src"]], ref_arrays, ref.static, dtype, "direct", "float"))
+                for op in ops}
+
+    out = jax.jit(accumulate)(ref.arrays, pk.arrays, jnp.asarray(x))
+    return {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in out.items()}
