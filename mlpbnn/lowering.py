@@ -109,6 +109,10 @@ def _trace(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray) -> tup
         if (context.method_name != "__call__" or inside[0] or not args
                 or not isinstance(m, (*_TERMINAL, *_FLAX_LINEAR))):
             return next_fun(*args, **kwargs)
+        if isinstance(m, (layers.BatchNorm, nn.BatchNorm)) and not kwargs.get("use_running_average",
+                                                                             m.use_running_average):
+            raise ExportError(f"{'/'.join(m.path)}: BatchNorm in training mode (batch statistics); export traces "
+                              "the model's eval call (train=False)")
         terminal = isinstance(m, _TERMINAL)
         before = len(leaves)
         inside[0] += terminal
@@ -268,10 +272,6 @@ class _Lowering:
         if isinstance(m, _BINARY):
             return self.binary(leaf, x)
         if isinstance(m, (layers.BatchNorm, nn.BatchNorm)):
-            use_ra = leaf.kwargs.get("use_running_average", m.use_running_average)
-            if not use_ra:
-                raise ExportError(f"{path}: BatchNorm in training mode (batch statistics); export traces the "
-                                  "model's eval call (train=False)")
             if isinstance(m, nn.BatchNorm) and m.axis not in (-1, len(leaf.in_shape) - 1):
                 raise ExportError(f"{path}: BatchNorm over axis {m.axis}; only the channel (last) axis is exported")
             stats = leaf.variables["batch_stats"]
@@ -425,7 +425,7 @@ class _Lowering:
                 return self.jaxpr(sub, ins)
         handler = getattr(self, f"p_{prim.name}", None)
         if handler is None:
-            raise ExportError(f"the primitive {prim.name!r} ({_where(eqn)}) has no op in the packed program")
+            raise ExportError(f"{prim.name} ({_where(eqn)}): the packed program has no op for it")
         out = handler(eqn, *ins)
         return [out]
 
@@ -448,7 +448,7 @@ class _Lowering:
         raise ExportError(f"{eqn.primitive.name} ({_where(eqn)}): a constant of shape {c.shape} is not per channel")
 
     def unsupported(self, eqn: Any, what: str) -> ExportError:
-        return ExportError(f"{eqn.primitive.name} ({_where(eqn)}): {what}")
+        return ExportError(f"{eqn.primitive.name} ({_where(eqn)}): {what}; the packed program has no op for it")
 
     # -- elementwise
     def p_add(self, eqn: Any, a: Any, b: Any) -> _Reg:

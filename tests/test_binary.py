@@ -16,9 +16,10 @@ import pytest
 
 from examples.flax_resnet import ResNet
 from examples.mlp_mixer import MlpMixer
-from mlpbnn import REAL, BinarySpec, Rule, binarize, complexity, models, parse_rules
+from mlpbnn import REAL, BinarySpec, Rule, binarize, complexity, export, infer, models, parse_rules
 from mlpbnn import layers as L
 from mlpbnn.binary import format_rules
+from mlpbnn.data.small import digits
 from mlpbnn.train.metrics import read_metrics
 from mlpbnn.variables_io import load_variables
 from tests.utils_train import cli
@@ -344,12 +345,29 @@ def test_binarized_resnet_trains_through_train_py_and_resumes_exactly_after_sigk
     assert "ResNetBlock_1/Conv_0               BinaryConv" in summary and "conv_init " in summary
     assert "BOPs (binary MACs)" in summary
     print(summary)
+    # The rule-binarized model exports like a zoo model (mlpbnn.lowering traces it) and its packed
+    # program predicts what the float model predicts.
+    out = tmp_path / "packed"
+    assert export.main([str(victim / "variables"), str(out)]) == 0
+    x = digits(0).x_test[:64]
+    net, _ = infer.load_network(out)
+    model = models.create(meta["model"], **meta["model_kwargs"])
+    ref = np.asarray(jax.jit(lambda v, a: model.apply(v, a, train=False))(ours, x))
+    got = np.asarray(net(x))
+    np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+    np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
 
 
 @pytest.mark.slow
-def test_binarized_mixer_trains_through_train_py(tmp_path):
+def test_binarized_mixer_trains_through_train_py(tmp_path, capsys):
     out = cli(tmp_path / "mixer", *E2E, config="configs/binarized_mixer_digits.py")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = (tmp_path / "mixer" / "summary_stage1.txt").read_text()
     assert "MixerBlock_1/channel_mixing/Dense_1" in summary and "BinaryDense" in summary
     assert json.loads((tmp_path / "mixer" / "final_metrics.json").read_text())["eval"]["top1"] > 0
+    # Token mixing's reshape (and LayerNorm, GELU) has no op in the packed program: refused, naming
+    # the primitive and the line of code.
+    assert export.main([str(tmp_path / "mixer" / "variables"), str(tmp_path / "packed")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: reshape (") and "mlp_mixer.py:47" in err and "the packed program has no op" in err
+    assert not (tmp_path / "packed").exists()

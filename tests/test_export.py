@@ -239,6 +239,31 @@ def test_refusals():
     assert [op["sign_zero"] for op in program["ops"] if op["op"] == "binary_conv"] == [1.0]
 
 
+def test_lowering_refuses_what_the_program_cannot_run():
+    """A primitive outside the IR is named with the line that made it; BatchNorm with batch
+    statistics is refused by path."""
+    import flax.linen as nn
+
+    from mlpbnn import BinarySpec
+    from mlpbnn import layers as L
+
+    class Tanh(nn.Module):
+        train: bool = False
+
+        @nn.compact
+        def __call__(self, x):
+            x = L.BinaryConv(4, 3, 1, 1, spec=BinarySpec(weights="ste", inputs="ste"), name="conv")(x)
+            x = L.BatchNorm(use_running_average=not self.train, name="bn")(x)
+            return jnp.tanh(x)
+
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    v = jax.jit(Tanh().init)(jax.random.key(0), x)
+    with pytest.raises(export.ExportError, match=r"^tanh \(.*test_export.py:\d+.*no op for it"):
+        lowering.lower(Tanh(), v, x)
+    with pytest.raises(export.ExportError, match="^bn: BatchNorm in training mode"):
+        lowering.lower(Tanh(train=True), v, x)
+
+
 def test_size_of_bireal_resnet18():
     """The exported bireal_resnet18 (1000 classes) against its float32 checkpoint: 10,985,472
     binary weights in 1,373,184 bytes (the complexity count), the real layers in float32."""
