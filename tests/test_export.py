@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +238,19 @@ def test_refusals():
         build("bireal_resnet18", weight_estimator={"name": "ste", "zero": 0.0})
     program, _ = build("bireal_resnet18", weight_estimator={"name": "ste", "zero": -1.0})  # sign(0) = -1 is a bit
     assert [op["sign_zero"] for op in program["ops"] if op["op"] == "binary_conv"] == [1.0]
+
+
+def test_the_exporter_names_no_model_and_no_layer():
+    """What is exported is what the trace finds: no model name and no layer name of the zoo's in
+    export.py and lowering.py (a second description of a network would drift from it)."""
+    import re
+
+    layer_names = ["conv1", "bn1", "layer1", "fc", "downsample", "deconv_layers",
+                   "final_layer", "transition", "fuse_layers", "stage2", "move0", "nonlinear"]
+    for module in (export, lowering):
+        source = Path(module.__file__).read_text()
+        for name in [*models.names(), "bireal", "reactnet", "resnet", "hrnet", "sbpn", *layer_names]:
+            assert not re.search(rf"[\"'/]{re.escape(name)}[\"'/_]", source), (module.__name__, name)
 
 
 def test_lowering_refuses_what_the_program_cannot_run():
