@@ -1,5 +1,7 @@
 """Run a packed export (``python -m mlpbnn.export``) on images or preprocessed batches.
 
+Classifiers (an export whose output is one vector of logits per image):
+
     python -m mlpbnn.infer OUT_DIR INPUTS... [--batch-size 32] [--top-k 5]
 
 INPUTS are image files (decoded with PIL and preprocessed as the training data was, by the
@@ -8,16 +10,45 @@ holding preprocessed float NHWC batches (or one HWC image). One JSON object per 
 image is printed: ``{"input": ..., "index": ..., "top1": ..., "topk": [...], "logits": [...]}``
 (``index`` is the row within a ``.npy`` batch, 0 for image files).
 
+Heatmap (top-down pose) models (an export whose output is (H/4, W/4, K) heatmaps, or whose input
+spec crops person boxes: ``"resize": "affine_crop"``, SBPN and BHRNet trained on COCO):
+
+    python -m mlpbnn.infer OUT_DIR IMAGES... [--boxes DET.json] [--out results.json] [--draw DIR]
+        [--batch-size 32] [--flip-test | --no-flip-test] [--decode quarter|dark] [--image-thre T]
+
+Each person box is cropped, run and post-processed exactly as the evaluation of ``train.py``
+does it (``mlpbnn.data.coco``, ``mlpbnn.tasks.keypoints``): the box -> centre and scale (aspect
+fixed to the input's, x1.25, in units of 200 px), the affine crop (OpenCV, bilinear, zero border),
+ImageNet normalisation; the heatmaps, with the flip test averaged with the mirrored crop's
+(flipped back, shifted one pixel), decoded (HRNet's quarter offset or DARK), mapped to image
+pixels; each instance rescored (box score x the mean joint score above ``in_vis_thre``), then
+OKS-NMS per image. The settings are the run's ``config.eval`` (``PoseEvalConfig``, kept in the
+export's model.json; its defaults where the export has no config), overridden by the flags.
+
+``--boxes`` is a person detector's boxes in COCO's detection result format (a list of
+``{"image_id", "bbox": [x, y, w, h], "score", "category_id"?}``, the format of ``data.det_file``),
+filtered as evaluation filters them (category 1, score >= ``data.image_thre``); an image's boxes
+are those whose ``image_id`` is the integer in its file name (``000000000785.jpg`` -> 785).
+Without ``--boxes`` the whole image is one person box (score 1). Results are COCO keypoint
+results, ``{"image_id", "category_id": 1, "keypoints": [x1, y1, s1, ..., x17, y17, s17],
+"score", "file"}`` (``image_id`` null for a file name without a number; pycocotools ignores
+``file``), as one JSON list in ``--out`` or one JSON object per line on stdout, images in the
+order given. ``--draw DIR`` writes ``DIR/<image name>.png``: the image with the kept skeletons
+(joints above ``in_vis_thre``) and the person boxes.
+
 The network runs as one ``jax.jit``-compiled XNOR-popcount program (``mlpbnn.packed``), in batches
-of ``--batch-size`` images of equal size.
+of ``--batch-size`` images (crops) of equal size. Bad input is one line ``error: ...`` on stderr
+and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +120,265 @@ def predict(net: packed.PackedNetwork, images: Sequence[np.ndarray], batch_size:
     return np.concatenate(out).astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------------- heatmap models
+
+
+def is_heatmap_model(doc: Mapping[str, Any]) -> bool:
+    """Whether an export's network gives heatmaps (top-down pose): its per-example output shape has
+    three dimensions, or its input spec crops person boxes (``"resize": "affine_crop"``)."""
+    shape = doc.get("output_shape")
+    return (shape is not None and len(shape) == 3) or doc.get("input_spec", {}).get("resize") == "affine_crop"
+
+
+def image_id_of(path: str | Path) -> int | None:
+    """The COCO image id in a file name: its last run of digits (``000000000785.jpg`` -> 785,
+    ``COCO_val2014_000000000785.jpg`` -> 785); None without one."""
+    digits = re.findall(r"\d+", Path(path).stem)
+    return int(digits[-1]) if digits else None
+
+
+def pose_eval_config(doc: Mapping[str, Any], **overrides: Any) -> Any:
+    """The evaluation settings (``mlpbnn.pose.eval_config.PoseEvalConfig``) of the run the export
+    came from (model.json's ``config``'s ``eval`` section; the defaults without one), with the
+    ``overrides`` that are not None."""
+    from mlpbnn.pose.eval_config import PoseEvalConfig
+    from mlpbnn.registry import from_section
+
+    section = (doc.get("config") or {}).get("eval")
+    config = from_section(PoseEvalConfig, section, "eval")
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def crop_of(doc: Mapping[str, Any]) -> Any:
+    """The evaluation crop (``mlpbnn.data.coco.Crop``) of a heatmap export's input spec. The spec
+    states the geometry and normalisation; a spec this version cannot reproduce exactly (another
+    box padding, pixel_std, interpolation, mean or std) is a ValueError saying which field."""
+    from mlpbnn.data import coco
+
+    spec = doc["input_spec"]
+    if spec.get("resize") != "affine_crop":
+        raise ValueError(f"the export's input spec resizes by {spec.get('resize')!r}; a heatmap model needs the "
+                         "person-box crop 'affine_crop' (export it from a COCO run, or with --dataset coco)")
+    h, w = int(spec["height"]), int(spec["width"])
+    shape = doc.get("output_shape") or [spec.get("heatmap_height", h // 4), spec.get("heatmap_width", w // 4),
+                                        spec.get("num_joints", coco.NUM_JOINTS)]
+    if len(shape) != 3:
+        raise ValueError(f"the export's output shape {list(shape)} is not heatmaps (H, W, K)")
+    if int(shape[2]) != coco.NUM_JOINTS:
+        raise ValueError(f"the network gives {shape[2]} heatmaps; COCO's post-processing (OKS sigmas, flip pairs) "
+                         f"is for {coco.NUM_JOINTS} keypoints")
+    crop = coco.Crop(image_size=(h, w), heatmap_size=(int(shape[0]), int(shape[1])))
+    reference = coco.input_spec(coco.CocoConfig(image_size=(h, w), heatmap_size=(int(shape[0]), int(shape[1])),
+                                                color_rgb=spec.get("mode", "RGB") == "RGB"))
+    for key in ("channels", "mean", "std", "aspect_ratio", "box_padding", "pixel_std", "rotation", "interpolation",
+                "border_value", "flip_index"):
+        if key in spec and spec[key] != reference[key]:
+            raise ValueError(f"the export's input spec has {key} {spec[key]!r}; this version crops person boxes "
+                             f"with {reference[key]!r} only (mlpbnn.data.coco.input_spec)")
+    return crop
+
+
+class _Images:
+    """``mlpbnn.data.coco.ImageSource`` of the command line's images: key i is ``paths[i]``, read as
+    evaluation reads images (``coco.read_image``); the last image is kept (boxes come by image)."""
+
+    def __init__(self, paths: Sequence[str], color_rgb: bool):
+        self.paths, self.color_rgb = list(paths), color_rgb
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def load(self, key: int) -> np.ndarray:
+        from mlpbnn.data import coco
+
+        if self._last is None or self._last[0] != key:
+            image = coco.read_image(self.paths[key], self.color_rgb)
+            if image is None:
+                raise ValueError(f"{self.paths[key]}: OpenCV cannot decode this image")
+            self._last = (key, image)
+        return self._last[1]
+
+
+def image_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
+    """(width, height) of each image file, read from its header; a missing or unreadable file is an
+    error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{path}: not an image ({e})") from None
+    return sizes
+
+
+def person_boxes(paths: Sequence[str], sizes: Sequence[tuple[int, int]], boxes_file: str | None,
+                 image_thre: float = 0.0) -> list[tuple[int, list[float], float]]:
+    """(image key, [x, y, w, h], score) of every person box to run: the detector boxes of
+    ``boxes_file`` (``mlpbnn.data.coco.read_detections``: category 1, score >= ``image_thre``) of
+    each image, matched by the image id in its file name (``image_id_of``), in file order; without
+    a boxes file the whole image (score 1). Keys are positions in ``paths``."""
+    from mlpbnn.data import coco
+
+    if boxes_file is None:
+        return [(key, [0.0, 0.0, float(w), float(h)], 1.0) for key, (w, h) in enumerate(sizes)]
+    ids = [image_id_of(p) for p in paths]
+    for path, image_id in zip(paths, ids, strict=True):
+        if image_id is None:
+            raise ValueError(f"{path}: no image id in the file name; --boxes matches boxes to images by the number "
+                             "in it (COCO's 000000000785.jpg is image 785)")
+    by_id: dict[int, list[tuple[list[float], float]]] = {}
+    for image_id, box, score in coco.read_detections(boxes_file, image_thre):
+        by_id.setdefault(image_id, []).append((box, score))
+    return [(key, box, score) for key, image_id in enumerate(ids) for box, score in by_id.get(image_id, [])]
+
+
+def predict_keypoints(net: Callable[[Any], Any], task: Any, records: Any, images: Any, crop: Any,
+                      batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The decoded crops of every record, as evaluation computes them: ``coco.eval_crops`` (the
+    crops and their geometry), ``task.predict`` (the flip test) and ``task.eval_outputs`` (the
+    decode) of the keypoints task ``task``; ``batch_size`` crops at a time, the last batch padded
+    to the same size (one compilation). Returns ``keypoints`` (N, K, 3: heatmap x, y, score) with
+    ``image_id``, ``center``, ``scale``, ``score``, ``area``: ``task.coco_results``' input."""
+    import jax.numpy as jnp
+
+    from mlpbnn.data import coco
+    from mlpbnn.data.base import HOST, pad_to
+
+    n = len(records)
+    size = max(1, min(batch_size, n))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("keypoints", "image_id", "center", "scale", "score",
+                                                           "area")}
+    for start in range(0, n, size):
+        indices = np.arange(start, min(start + size, n))
+        batch = pad_to(coco.eval_crops(records, images, crop, indices), size)
+        outputs = task.eval_outputs(task.predict(net, jnp.asarray(batch["images"])), batch)
+        parts["keypoints"].append(np.asarray(outputs["keypoints"], np.float64)[:len(indices)])
+        for key in ("image_id", "center", "scale", "score", "area"):
+            parts[key].append(np.asarray(batch[HOST][key])[:len(indices)])
+    empty = {"keypoints": (0, coco.NUM_JOINTS, 3), "center": (0, 2), "scale": (0, 2)}
+    return {k: np.concatenate(v) if v else np.zeros(empty.get(k, (0,))) for k, v in parts.items()}
+
+
+def pose_results(net: Callable[[Any], Any], doc: Mapping[str, Any], paths: Sequence[str],
+                 boxes_file: str | None = None, batch_size: int = 32, image_thre: float | None = None,
+                 **eval_overrides: Any) -> tuple[list[dict], dict[str, Any]]:
+    """COCO keypoint results of the images ``paths`` through the heatmap network ``net`` (NHWC
+    float32 crops -> (N, h, w, K) heatmaps) of the export ``doc`` (its model.json), with the
+    person boxes of ``boxes_file`` (or whole images), in the order of ``paths``; and what was run
+    (``eval``: the settings, ``boxes``: [x, y, w, h, score] per image key, ``keys``: each result's
+    image key, i.e. its position in ``paths``). ``image_thre`` and
+    ``eval_overrides`` (``flip_test``, ``decode``, ...) override the export's settings."""
+    from mlpbnn.data import coco
+    from mlpbnn.tasks.keypoints import Keypoints
+
+    ev = pose_eval_config(doc, **eval_overrides)
+    crop = crop_of(doc)
+    spec = doc["input_spec"]
+    thre = float(spec.get("image_thre", 0.0) if image_thre is None else image_thre)
+    sizes = image_sizes(paths)
+    boxes = person_boxes(paths, sizes, boxes_file, thre)
+    records = coco.box_records(boxes, crop.aspect_ratio)
+    task = Keypoints(coco=None, heatmap_shape=(*crop.heatmap_size, coco.NUM_JOINTS), eval=ev)
+    crops = predict_keypoints(net, task, records, _Images(paths, spec.get("mode", "RGB") == "RGB"), crop,
+                              batch_size)
+    results = task.coco_results(crops) if len(records) else []
+    keys = [r["image_id"] for r in results]  # coco_results groups by image key, in increasing order
+    for r, key in zip(results, keys, strict=True):
+        r["image_id"], r["file"] = image_id_of(paths[key]), str(paths[key])
+    per_image: dict[int, list[list[float]]] = {}
+    for key, box, score in boxes:
+        per_image.setdefault(key, []).append([*box, score])
+    return results, {"eval": ev, "boxes": per_image, "keys": keys, "image_thre": thre}
+
+
+def draw_results(directory: str | Path, paths: Sequence[str], results: Sequence[Mapping[str, Any]],
+                 keys: Sequence[int], boxes: Mapping[int, Sequence[Sequence[float]]], ev: Any) -> list[Path]:
+    """``directory/<image name>.png`` per image (``<name>_<i>.png`` for a repeated name): the image
+    with the skeletons of its ``results`` (those whose ``keys`` is the image's position in
+    ``paths``; joints with score > ``ev.in_vis_thre``) and its person boxes
+    (``mlpbnn.pose.draw.draw_keypoints``)."""
+    from mlpbnn.data import coco
+    from mlpbnn.pose.draw import draw_keypoints
+
+    written, seen = [], set()
+    for key, path in enumerate(paths):
+        name = Path(path).stem
+        if name in seen:
+            name = f"{name}_{key}"
+        seen.add(name)
+        image = coco.read_image(path)
+        if image is None:
+            raise ValueError(f"{path}: OpenCV cannot decode this image")
+        kpts = np.array([r["keypoints"] for r, k in zip(results, keys, strict=True) if k == key],
+                        np.float64).reshape(-1, 17, 3)
+        box = np.array([b[:4] for b in boxes.get(key, [])], np.float64).reshape(-1, 4)
+        title = f"{Path(path).name}: {len(kpts)} people from {len(box)} boxes ({ev.describe()})"
+        written.append(draw_keypoints(Path(directory) / f"{name}.png", image, kpts, box, title=title,
+                                      threshold=ev.in_vis_thre))
+    return written
+
+
+def pose_main(net: Callable[[Any], Any], doc: Mapping[str, Any], args: argparse.Namespace) -> int:
+    """The command line's heatmap mode (after the export is loaded)."""
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    try:
+        results, run = pose_results(net, doc, args.inputs, args.boxes, args.batch_size, args.image_thre,
+                                    flip_test=args.flip_test, decode=args.decode)
+        if args.draw:
+            draw_results(args.draw, args.inputs, results, run["keys"], run["boxes"], run["eval"])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    boxes = sum(len(b) for b in run["boxes"].values())
+    print(f"{len(args.inputs)} image(s), {boxes} person box(es), {len(results)} result(s) after OKS-NMS "
+          f"({run['eval'].describe()})", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results) + "\n")
+    else:
+        for r in results:
+            print(json.dumps(r))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlpbnn.infer", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="a packed export (python -m mlpbnn.export)")
-    parser.add_argument("inputs", nargs="+", help="image files or .npy preprocessed NHWC batches")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("inputs", nargs="+", help="image files (classifiers: also .npy preprocessed NHWC batches)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images (pose: person crops) per call")
+    parser.add_argument("--top-k", type=int, default=5, help="classifiers: the classes listed per image")
+    pose = parser.add_argument_group("heatmap (pose) models")
+    pose.add_argument("--boxes", help="person detections, COCO's result format (default: each whole image)")
+    pose.add_argument("--out", help="write the COCO keypoint results here as one JSON list (default: JSON "
+                      "lines on stdout)")
+    pose.add_argument("--draw", metavar="DIR", help="write one picture per image with its skeletons into DIR")
+    pose.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
+                      help="average with the mirrored crop (default: the run's eval.flip_test)")
+    pose.add_argument("--decode", choices=("quarter", "dark"), default=None,
+                      help="heatmap decoding (default: the run's eval.decode)")
+    pose.add_argument("--image-thre", type=float, default=None,
+                      help="the detector score a box needs (default: the run's data.image_thre)")
     args = parser.parse_args(argv)
     try:
         net, doc = load_network(args.out_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if is_heatmap_model(doc):
+        return pose_main(net, doc, args)
+    given = [f for f, v in (("--boxes", args.boxes), ("--out", args.out), ("--draw", args.draw),
+                            ("--flip-test", args.flip_test), ("--decode", args.decode),
+                            ("--image-thre", args.image_thre)) if v is not None]
+    if given:
+        print(f"error: {given[0]} is for heatmap (pose) models; {args.out_dir} is a classifier", file=sys.stderr)
+        return 2
+    try:
         items = list(read_inputs(args.inputs, doc["input_spec"]))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

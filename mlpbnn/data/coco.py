@@ -26,6 +26,10 @@ Images are read by an ``ImageSource``: JPEG files through OpenCV (``FileImages``
 HRNet's ``COLOR_RGB: true``), or generated ones (``mlpbnn.data.synthetic_pose``). Reading runs on
 grain (``mlpbnn.data.pipeline``), with worker processes.
 
+``input_spec`` states evaluation's crop of a person box (geometry, interpolation, normalisation)
+for export and ``python -m mlpbnn.infer``, which crops with the same code (``eval_crops``) and
+filters detector boxes with the same function (``read_detections``).
+
 Bad input is refused before training, naming the file and the annotation or image id: unreadable
 or malformed annotation JSON, annotations of unknown images, keypoint lists of the wrong length,
 malformed boxes, missing image files.
@@ -41,7 +45,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,13 +54,14 @@ import numpy as np
 
 from mlpbnn.data import pipeline
 from mlpbnn.data.base import HOST, Batch, KeypointsDataset, register_dataset
-from mlpbnn.data.pipeline import normalise_into, worker_processes
+from mlpbnn.data.pipeline import MEAN, STD, normalise_into, worker_processes
 from mlpbnn.pose import codec, geometry
-from mlpbnn.pose.skeleton import FLIP_PAIRS, JOINT_WEIGHTS
+from mlpbnn.pose.skeleton import FLIP_INDEX, FLIP_PAIRS, JOINT_WEIGHTS
 from mlpbnn.registry import from_section
 
 NUM_JOINTS = 17
-PIXEL_STD = 200.0
+PIXEL_STD = geometry.PIXEL_STD  # a box's size in units of 200 pixels (HRNet's pixel_std)
+BOX_PADDING = 1.25  # a box's aspect-fixed size times this is the crop (HRNet's _xywh2cs)
 _AUG_KEY = 0xC0C0  # keeps the augmentation seeds apart from stream_indices' permutation seeds
 SPLITS = {"train": "train2017", "val": "val2017"}
 BOX_SOURCES = ("gt", "det")
@@ -79,6 +84,18 @@ _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
+def read_image(path: str | os.PathLike, color_rgb: bool = True) -> np.ndarray | None:
+    """An image file as uint8 (h, w, 3), RGB (``color_rgb``, HRNet's COLOR_RGB) or OpenCV's BGR, read
+    as evaluation reads it (OpenCV, EXIF orientation ignored: COCO's annotations are in the stored
+    orientation); None when OpenCV cannot decode it."""
+    import cv2
+
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color_rgb else image
+
+
 @dataclass(frozen=True)
 class FileImages:
     """Image files of a COCO split: ``directory / file_names[image_id]``, read with OpenCV (EXIF
@@ -92,10 +109,8 @@ class FileImages:
         return os.path.join(self.directory, self.file_names[int(image_id)])
 
     def load(self, image_id: int) -> np.ndarray:
-        import cv2
-
         path = self.path(image_id)
-        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = read_image(path, self.color_rgb)
         if image is None:  # unreadable: warn once per process and file; a long run must not stop
             with _warned_lock:
                 first = path not in _warned
@@ -103,7 +118,7 @@ class FileImages:
             if first:
                 _say(f"cannot decode {path} (image {image_id}); using a black image")
             return np.zeros((8, 8, 3), np.uint8)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if self.color_rgb else image
+        return image
 
     def missing(self, image_ids: Sequence[int]) -> list[int]:
         return [i for i in image_ids if not os.path.isfile(self.path(i))]
@@ -218,33 +233,57 @@ def gt_records(coco: Any, aspect_ratio: float) -> Records:
             kpts = np.asarray(ann["keypoints"], np.float64).reshape(NUM_JOINTS, 3)
             if box is None or kpts.max() == 0:
                 continue
-            center, scale = geometry.box_to_center_scale(box, aspect_ratio)
+            center, scale = geometry.box_to_center_scale(box, aspect_ratio, BOX_PADDING, PIXEL_STD)
             rows.append((image_id, kpts[:, :2], np.minimum(kpts[:, 2], 1), center, scale, 1.0))
+    return Records.build(rows)
+
+
+def read_detections(det_file: str | Path, image_thre: float = 0.0,
+                    known_images: Container[int] | None = None) -> list[tuple[int, list[float], float]]:
+    """HRNet's detector boxes (``_load_coco_person_detection_results``) of a file in COCO's detection
+    result format (a list of ``{image_id, bbox [x, y, w, h], score, category_id?}``): (image_id,
+    bbox, score) of the person boxes (category 1 or none given) with score >= ``image_thre``, in
+    file order. A malformed file or entry is a ValueError naming the file and the entry; with
+    ``known_images``, so is a kept box of an image not among them."""
+    path = Path(det_file)
+    dets = _read_json(path, "detection")
+    if not isinstance(dets, list):
+        raise ValueError(f"{path}: a detection file is a list of {{image_id, category_id, bbox, score}}")
+    boxes = []
+    for i, det in enumerate(dets):
+        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
+            raise ValueError(f"{path}: detection {i} needs image_id, bbox and score")
+        if not _number(det["score"]) or isinstance(det["image_id"], bool) or not isinstance(det["image_id"], int):
+            raise ValueError(f"{path}: detection {i}: image_id must be an integer and score a number, got "
+                             f"{det['image_id']!r} and {det['score']!r}")
+        if det.get("category_id", 1) != 1 or det["score"] < image_thre:
+            continue
+        if known_images is not None and det["image_id"] not in known_images:
+            raise ValueError(f"{path}: detection {i} is of image {det['image_id']}, which the annotations lack")
+        box = det["bbox"]
+        if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+            raise ValueError(f"{path}: detection {i} (image {det['image_id']}): bbox must be 4 numbers")
+        boxes.append((int(det["image_id"]), [float(v) for v in box], float(det["score"])))
+    return boxes
+
+
+def box_records(boxes: Sequence[tuple[int, Sequence[float], float]], aspect_ratio: float) -> Records:
+    """Records of person boxes used as they are (detector boxes: no sanitising, no shrink), each
+    (image_id, [x, y, w, h], score): centre and scale by ``geometry.box_to_center_scale`` (aspect
+    fixed to ``aspect_ratio``, x ``BOX_PADDING``, in ``PIXEL_STD`` units), no ground-truth joints
+    (zeros, all marked visible, as HRNet's detection records)."""
+    rows = []
+    for image_id, box, score in boxes:
+        center, scale = geometry.box_to_center_scale(box, aspect_ratio, BOX_PADDING, PIXEL_STD)
+        rows.append((int(image_id), np.zeros((NUM_JOINTS, 2)), np.ones(NUM_JOINTS), center, scale, float(score)))
     return Records.build(rows)
 
 
 def det_records(det_file: str | Path, coco: Any, aspect_ratio: float, image_thre: float = 0.0) -> Records:
     """HRNet's detection records (``_load_coco_person_detection_results``): person boxes with
-    score >= ``image_thre``, used as they are; a box of an image not in the annotations is refused."""
-    path = Path(det_file)
-    dets = _read_json(path, "detection")
-    if not isinstance(dets, list):
-        raise ValueError(f"{path}: a detection file is a list of {{image_id, category_id, bbox, score}}")
-    rows = []
-    for i, det in enumerate(dets):
-        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
-            raise ValueError(f"{path}: detection {i} needs image_id, bbox and score")
-        if det.get("category_id", 1) != 1 or det["score"] < image_thre:
-            continue
-        if det["image_id"] not in coco.imgs:
-            raise ValueError(f"{path}: detection {i} is of image {det['image_id']}, which the annotations lack")
-        box = det["bbox"]
-        if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
-            raise ValueError(f"{path}: detection {i} (image {det['image_id']}): bbox must be 4 numbers")
-        center, scale = geometry.box_to_center_scale(box, aspect_ratio)
-        rows.append((int(det["image_id"]), np.zeros((NUM_JOINTS, 2)), np.ones(NUM_JOINTS), center, scale,
-                     float(det["score"])))
-    return Records.build(rows)
+    score >= ``image_thre``, used as they are (``read_detections``, ``box_records``); a box of an
+    image not in the annotations is refused."""
+    return box_records(read_detections(det_file, image_thre, coco.imgs), aspect_ratio)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +322,7 @@ class CropConfig:
     prefetch: int = 1
 
     def __post_init__(self) -> None:
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
+        if not isinstance(self.image_size, tuple | list) or len(self.image_size) != 2 or min(self.image_size) < 8:
             raise ValueError(f"image_size: must be (height, width) of at least 8, got {self.image_size}")
         hm = self.heatmap_size or (self.image_size[0] // 4, self.image_size[1] // 4)
         if len(hm) != 2 or self.image_size[0] * hm[1] != self.image_size[1] * hm[0]:
@@ -424,6 +463,14 @@ class Crop:
 
     def eval_example(self, image: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
         return geometry.warp(image, geometry.affine_matrix(center, scale, 0.0, self.size_wh), self.size_wh)
+
+
+def eval_crops(records: Records, images: ImageSource, crop: Crop, indices: Sequence[int]) -> Batch:
+    """The evaluation batch of ``records[indices]``, as evaluation feeds the network: each box's
+    crop (``Crop.eval_example``: the affine crop, bilinear, zero border), normalised
+    (``pipeline.normalise_into``), in ``images`` (B, H, W, 3) float32, and the host fields
+    (``image_id``, ``center``, ``scale``, ``score``, ``area``) under ``batch['host']``."""
+    return _Boxes(records, images, crop).eval_batch(np.asarray(indices, np.int64))
 
 
 @dataclass(frozen=True)
@@ -567,6 +614,28 @@ class CocoKeypoints(KeypointsDataset):
                                          self.prefetch)
 
 
+def input_spec(section: CropConfig, dataset: str = "coco") -> dict[str, Any]:
+    """Evaluation's preprocessing of one person box, for export and ``python -m mlpbnn.infer``:
+    the box [x, y, w, h] -> centre (x + w / 2, y + h / 2) and scale (its size with the shorter side
+    grown to ``aspect_ratio`` = width / height, x ``box_padding``, / ``pixel_std``:
+    ``geometry.box_to_center_scale``); the crop is the similarity mapping the centre to the
+    middle of the ``width`` x ``height`` input and ``scale[0] * pixel_std`` image pixels onto its
+    width (``geometry.affine_matrix``, rotation 0), sampled bilinearly with a constant 0 border
+    (OpenCV ``warpAffine``); then ``(pixel / 255 - mean) / std`` per channel, in ``mode``'s order
+    (RGB, or BGR where ``color_rgb`` is off). The network's heatmaps (``heatmap_height`` x
+    ``heatmap_width`` x ``num_joints``) map back to the image through the same centre and scale;
+    ``flip_index`` is the left/right channel permutation of the flip test. ``image_thre``: the
+    detector score a person box needs (``data.image_thre``; ``read_detections``)."""
+    h, w = (int(v) for v in section.image_size)
+    hm = section.heatmap_size or (h // 4, w // 4)
+    return {"dataset": dataset, "height": h, "width": w, "channels": 3, "mode": "RGB" if section.color_rgb else "BGR",
+            "mean": [float(v) for v in MEAN], "std": [float(v) for v in STD], "resize": "affine_crop",
+            "aspect_ratio": w / h, "box_padding": BOX_PADDING, "pixel_std": float(PIXEL_STD), "rotation": 0.0,
+            "interpolation": "bilinear", "border_value": 0, "heatmap_height": int(hm[0]),
+            "heatmap_width": int(hm[1]), "num_joints": NUM_JOINTS, "flip_index": [int(i) for i in FLIP_INDEX],
+            "image_thre": float(getattr(section, "image_thre", 0.0))}
+
+
 def synthetic(section: SyntheticPoseConfig | Mapping[str, Any], seed: int) -> CocoKeypoints:
     """The pose quick start's data (``mlpbnn.data.synthetic_pose``, ``SyntheticPoseConfig``)."""
     from mlpbnn.data import synthetic_pose
@@ -581,5 +650,6 @@ def synthetic(section: SyntheticPoseConfig | Mapping[str, Any], seed: int) -> Co
                          prefetch=section.prefetch, name="pose_synthetic", check_files=False)
 
 
-register_dataset("coco", CocoConfig, CocoKeypoints.from_config)
-register_dataset("pose_synthetic", SyntheticPoseConfig, synthetic)
+register_dataset("coco", CocoConfig, CocoKeypoints.from_config, input_spec=input_spec)
+register_dataset("pose_synthetic", SyntheticPoseConfig, synthetic,
+                 input_spec=lambda section: input_spec(section, "pose_synthetic"))

@@ -1,4 +1,5 @@
-"""Sample drawings: each image with its predicted skeletons beside the same image with the ground truth.
+"""Sample drawings: each image with its predicted skeletons beside the same image with the ground truth
+(``draw_samples``), or one image with its skeletons and person boxes (``draw_keypoints``).
 
 matplotlib's Agg canvas on a ``Figure`` of its own (no pyplot state, safe in a training process);
 the PNG is written to ``PATH.partial`` and renamed, so a reader never sees half a file.
@@ -83,6 +84,44 @@ def draw_samples(
             ax.text(4, 4, label, color="white", fontsize=8, va="top", bbox={"facecolor": "black", "alpha": 0.5})
             ax.set_axis_off()
         top += row_px
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, format="png", dpi=DPI)
+    os.replace(partial, path)
+    return path
+
+
+def draw_keypoints(
+    path: str | Path,
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    boxes: np.ndarray | None = None,
+    title: str | None = None,
+    width_px: int | None = None,
+    threshold: float = SCORE_THRESHOLD,
+) -> Path:
+    """Writes a PNG of one image (H x W x 3 uint8 RGB) with the skeletons of ``keypoints`` (N, K, 3)
+    (joints with score > ``threshold`` and the limbs between two such joints) and, where given,
+    the person ``boxes`` (M, 4) [x, y, w, h] as thin yellow outlines. The PNG is ``width_px``
+    wide (default the image's width) and keeps the image's aspect, plus the title band. Returns
+    the path (written as ``PATH.partial``, then renamed)."""
+    path = Path(path)
+    keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, NUM_KEYPOINTS, 3)
+    width_px = int(width_px or image.shape[1])
+    title_px, row_px = layout([image.shape], width_px, title)
+    height_px = title_px + row_px
+    fig = Figure(figsize=((width_px + 0.5) / DPI, (height_px + 0.5) / DPI), dpi=DPI)
+    FigureCanvasAgg(fig)
+    if title:
+        fig.text(0.5, 1 - 0.5 * TITLE_PX / height_px, title, ha="center", va="center", fontsize=11)
+    ax = fig.add_axes((0, 0, 1, row_px / height_px))
+    ax.imshow(image, aspect="auto", interpolation="bilinear")
+    for x, y, w, h in np.asarray(boxes if boxes is not None else np.zeros((0, 4)), np.float64).reshape(-1, 4):
+        ax.plot([x, x + w, x + w, x, x], [y, y, y + h, y + h, y], color="yellow", linewidth=0.6, alpha=0.8)
+    _skeletons(ax, keypoints, keypoints[..., 2] > threshold, [_limb_color(a, b) for a, b in SKELETON])
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.set_axis_off()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     fig.savefig(partial, format="png", dpi=DPI)

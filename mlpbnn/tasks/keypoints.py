@@ -25,7 +25,7 @@ picture of a few evaluation images with the predicted skeletons beside the groun
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +112,7 @@ class KeypointsEvaluator(Evaluator):
         count = len(crops["image_id"])
         stats = np.zeros(len(STAT_NAMES), np.float64)
         if jax.process_index() == 0 and count:
-            kpts = crops["keypoints"]
-            xy = geometry.to_image_coords(kpts[..., :2], crops["center"], crops["scale"], t.heatmap_size_wh)
-            keypoints = np.concatenate([xy, kpts[..., 2:]], axis=-1)
-            self.results = postprocess.coco_results(crops["image_id"].astype(np.int64), keypoints, crops["score"],
-                                                    crops["area"], t.eval.in_vis_thre, t.eval.oks_thre)
+            self.results = t.coco_results(crops)
             from mlpbnn.pose import evaluate
 
             values = evaluate(t.coco, self.results)
@@ -214,6 +210,21 @@ class Keypoints(Task):
         if not self.eval.flip_test:
             return out
         return codec.flip_average(out, apply(images[:, :, ::-1]), shift=self.eval.shift_heatmap)
+
+    def coco_results(self, crops: Mapping[str, np.ndarray]) -> list[dict]:
+        """COCO keypoint result entries of decoded crops (the evaluation's host side, also
+        ``python -m mlpbnn.infer``'s): ``crops['keypoints']`` (N, K, 3), ``eval_outputs``' heatmap
+        (x, y) and score, go to image pixels through each crop's ``center`` and ``scale``
+        (``geometry.to_image_coords``); then ``postprocess.coco_results`` with the boxes'
+        ``score`` and ``area`` per ``image_id``: rescoring at ``eval.in_vis_thre``, OKS-NMS at
+        ``eval.oks_thre``."""
+        kpts = np.asarray(crops["keypoints"], np.float64)
+        xy = geometry.to_image_coords(kpts[..., :2], np.asarray(crops["center"], np.float64),
+                                      np.asarray(crops["scale"], np.float64), self.heatmap_size_wh)
+        keypoints = np.concatenate([xy, kpts[..., 2:]], axis=-1)
+        return postprocess.coco_results(np.asarray(crops["image_id"]).astype(np.int64), keypoints,
+                                        np.asarray(crops["score"], np.float64), np.asarray(crops["area"], np.float64),
+                                        self.eval.in_vis_thre, self.eval.oks_thre)
 
     def eval_outputs(self, outputs: Array, batch: dict[str, Array]) -> dict[str, Array]:
         self._check(outputs)
