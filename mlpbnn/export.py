@@ -73,7 +73,10 @@ def input_spec(dataset: str, image_size: int | tuple[int, int] | None = None, ev
     entry = data.DATASETS.get(dataset)
     fields = {f.name for f in dataclasses.fields(entry.config)}
     given = {"image_size": image_size, "eval_resize": eval_resize, "resize_method": resize_method}
-    section = entry.config(**{k: v for k, v in given.items() if k in fields and v is not None})
+    try:
+        section = entry.config(**{k: v for k, v in given.items() if k in fields and v is not None})
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"dataset {dataset!r}: {e}") from None
     return entry.input_spec(section)
 
 
