@@ -629,7 +629,7 @@ def lower(model: nn.Module, variables: Mapping[str, Any], example: np.ndarray,
     if binary:
         found = jax.jit(lambda v: layers.weight_signs(model, v, x[:1], **eval_kwargs(model)))(variables)
         signs = {k: np.asarray(v) for k, v in found.items()}
-    low = _Lowering(leaves, signs, dtype)
+    low = _Lowering(leaves, signs, np.float64)  # folded in float64, rounded to ``dtype`` once at the end
     inp = _Reg("input", tuple(x.shape))
     outs = low.jaxpr(closed, [inp])
     if len(outs) != 1 or not isinstance(outs[0], _Reg):
@@ -645,7 +645,8 @@ def lower(model: nn.Module, variables: Mapping[str, Any], example: np.ndarray,
                      else ("output" if op["src"] == out.name else op["src"]))
     ops = _fold_affines(ops, low.arrays, "output")
     used = {op[f] for op in ops for f in ("kernel", "bias", "scale", "slope", "bits") if f in op}
-    arrays = {k: v for k, v in low.arrays.items() if k in used}
+    arrays = {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v)
+              for k, v in low.arrays.items() if k in used}
     real = sum(a.size for a in arrays.values() if np.issubdtype(a.dtype, np.floating))
     program = {"input": "input", "output": "output", "ops": ops, "input_shape": list(x.shape[1:]),
                "output_shape": list(out.shape[1:]), "num_outputs": int(out.shape[-1]),
