@@ -6,7 +6,7 @@ WORKDIR ?= runs/digits
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup train test test-fast lint
+.PHONY: setup train test test-fast lint lce-env
 setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,12 @@ test-fast: setup  # everything but the tests marked slow: under 5 minutes on a 2
 
 lint: setup
 	$(PY) -m ruff check .
+
+# Larq Compute Engine (TFLite with binary ops for ARM): its own venv, see docs/lce.md.
+LCE_VENV := .venv-lce
+lce-env: $(LCE_VENV)/.installed
+$(LCE_VENV)/.installed: requirements-lce.txt
+	$(PYTHON) -m venv $(LCE_VENV)
+	$(LCE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LCE_VENV)/bin/python -m pip install --quiet -r requirements-lce.txt
+	touch $@
