@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 train: setup
 	$(PY) train.py --config configs/digits.py --workdir $(WORKDIR)
 
-test: setup
+test: setup lce-env  # the LCE environment (about 40 s) so that tests/test_lce.py runs too
 	$(PY) -m ruff check .
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
 
@@ -29,7 +29,7 @@ test-fast: setup  # everything but the tests marked slow: under 5 minutes on a 2
 lint: setup
 	$(PY) -m ruff check .
 
-# Larq Compute Engine (TFLite with binary ops for ARM): its own venv, see docs/lce.md.
+# Larq Compute Engine (TFLite with binary ops for ARM): its own venv (README, "ARM").
 LCE_VENV := .venv-lce
 lce-env: $(LCE_VENV)/.installed
 $(LCE_VENV)/.installed: requirements-lce.txt

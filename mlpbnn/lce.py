@@ -11,7 +11,7 @@ bit-packed binary convolutions (``LceBconv2d``, ``LceQuantize``) optimised for 6
 it with ``larq_compute_engine.convert_keras_model``; it prints the flatbuffer's op names (a
 binary conv that did not become ``LceBconv2d`` is an error). ``run`` runs a flatbuffer with LCE's
 Python interpreter (its x86-64 build here: correct, not fast) and ``bench`` times it. On the board
-itself use LCE's ``lce_benchmark_model`` (docs/lce.md).
+itself use LCE's ``lce_benchmark_model`` (README, "ARM").
 
 This module runs in its own environment (``make lce-env``: ``.venv-lce`` with
 requirements-lce.txt, TensorFlow 2.16 with tf-keras, larq, larq-compute-engine 0.16): it imports
