@@ -27,13 +27,14 @@ How the ops map (NHWC, float32):
   ``sign'(-x) * (-W)``, the same integers. Padding: LCE's ``same`` is TensorFlow's (at stride 2
   on an even size 0 before and 1 after, where PyTorch-style networks pad 1 and 1), so ``same`` is
   used only where TensorFlow's padding equals the layer's, zero padding then corrected by LCE
-  itself, +1 padding by ``pad_values=1``. Everywhere else the real input is padded explicitly with
+  itself (only on maps at least as large as the kernel: LCE's correction assumes that), +1 padding
+  by ``pad_values=1``. Everywhere else the real input is padded explicitly with
   a value of the wanted sign (``PAD`` on floats before ``LceQuantize``) and the conv is VALID; for
   zero padding (not a +-1 value) the input is padded with +1 and the exact border correction (the
   sum of the weights of the taps that fall into the padding, per output position and channel, as
   ``mlpbnn.packed.border_correction``) times ``scale`` is added as a constant (Ho, Wo, O) map by
-  ``RESHAPE`` -> ``ADD`` -> ``RESHAPE`` (a constant ``ADD`` right after an ``LceBconv2d`` would be
-  fused into its per-channel bias whatever its shape, and fail at runtime).
+  ``RESHAPE`` (each sample flat) -> ``ADD`` -> ``RESHAPE`` (a constant ``ADD`` right after an
+  ``LceBconv2d`` would be fused into its per-channel bias whatever its shape, and fail at runtime).
 - ``binary_dense``: the same as a 1x1 binary conv on (N, 1, 1, C): also an ``LceBconv2d``.
 - ``binary_conv_transpose``: LCE has no binary transposed conv: ``ste_sign`` of the input
   (``LceQuantize`` + ``LceDequantize``, +-1 floats) into a float ``TRANSPOSE_CONV`` with the +-1
@@ -264,6 +265,11 @@ class _Builder:
         corr = None
         if mode == "same" and q == -1.0:
             mode = "explicit"  # LCE's same pads with 0 or +1 only
+        if mode == "same" and q == 0.0 and any(int(x.shape[1 + a]) < ksize[a] for a in range(2)):
+            # LCE's zero-padding correction (bconv2d PaddingFunctor) assumes the kernel is no larger than
+            # the input: where a window sticks out on both sides of an axis (a 3x3 conv on a 2-wide map)
+            # it applies no correction at all.
+            mode = "explicit"
         if mode == "explicit":
             in_hw = (int(x.shape[1]), int(x.shape[2]))
             x = self.pad(x, pads, -1.0 if q == -1.0 else 1.0)
@@ -281,9 +287,12 @@ class _Builder:
             # Added through a reshape: LCE's converter fuses any constant ADD that directly follows an
             # LceBconv2d into its per-channel post-activation bias, without checking the shape (a
             # (Ho, Wo, O) bias then fails at runtime: "NumDimensions(post_activation_bias) != 1").
+            # Each sample flattened to one axis: TFLite moves a constant ADD before a RESHAPE when the
+            # constant's shape is a tail of the reshape's input shape too, which (Ho * Wo, O) is where
+            # Ho = 1; (Ho * Wo * O,) is that only where Ho = Wo = 1, a per-channel bias, fused correctly.
             n, ho, wo, o = (int(d) for d in y.shape)
-            c = tf.constant((-corr * scale.astype(np.float64)).astype(np.float32).reshape(ho * wo, o))
-            y = self.fn("border", lambda t: tf.reshape(tf.reshape(t, [n, ho * wo, o]) + c, [n, ho, wo, o]), y)
+            c = tf.constant((-corr * scale.astype(np.float64)).astype(np.float32).reshape(ho * wo * o))
+            y = self.fn("border", lambda t: tf.reshape(tf.reshape(t, [n, ho * wo * o]) + c, [n, ho, wo, o]), y)
         return y
 
     def binary_dense(self, x: Any, op: Mapping[str, Any]) -> Any:

@@ -44,10 +44,11 @@ def _lce(*args: str, timeout: int = 300) -> str:
     return p.stdout
 
 
-def _randomised(model, x, seed=0):
+def _randomised(model, x, seed=0, impl=None):
     """Variables with random BatchNorm statistics and affines, PReLU slopes and shifts (at init they
-    are the identity, which would hide a wrong folding or order)."""
-    v = jax.jit(model.init)(jax.random.key(seed), x)
+    are the identity, which would hide a wrong folding or order). ``impl="unsafe_rbg"``: a key
+    whose bit generator compiles faster than threefry's (an HRNet's init)."""
+    v = jax.jit(model.init)(jax.random.key(seed, impl=impl), x)
     rng = np.random.default_rng(seed + 1)
 
     def draw(path, a):
@@ -64,13 +65,15 @@ def _randomised(model, x, seed=0):
     return jax.tree_util.tree_map_with_path(draw, v)
 
 
-def _export(tmp: Path, name: str, kwargs: dict, size: int, n: int, seed: int = 0) -> tuple[Path, np.ndarray,
-                                                                                        np.ndarray]:
-    """A random model's export in ``tmp``, its inputs (n, size, size, 3) and the packed backend's outputs."""
+def _export(tmp: Path, name: str, kwargs: dict, size: int | tuple[int, int], n: int, seed: int = 0,
+            impl: str | None = None) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A random model's export in ``tmp``, its inputs (n, h, w, 3) (``size``: h = w or (h, w)) and the
+    packed backend's outputs."""
+    h, w = (size, size) if isinstance(size, int) else size
     model = models.create(name, **kwargs)
-    x = np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
-    v = _randomised(model, jnp.asarray(x[:1]), seed)
-    spec = {"height": size, "width": size, "channels": 3}
+    x = np.random.default_rng(seed).standard_normal((n, h, w, 3)).astype(np.float32)
+    v = _randomised(model, jnp.asarray(x[:1]), seed, impl)
+    spec = {"height": h, "width": w, "channels": 3}
     program, arrays = export.build(v, name, kwargs, spec)
     export.save(tmp, program, arrays, {"input_spec": spec})
     np.save(tmp / "x.npy", x)
@@ -225,3 +228,65 @@ def test_variants_and_every_op_lce_equal_packed(tmp_path):
         _check(np.load(d / "y.npy"), ref)
     if missing:
         pytest.skip(f"the packed backend lacks {sorted(missing)}: the program of every op was not checked")
+
+
+# Tiny pose networks (their own structure: SBPN's ImageNet stem and binary deconvolutions, BHRNet's
+# four branches with real or binary transitions and fuse layers), non-square inputs.
+POSE = [("sbpn_resnet18", {"num_joints": 5, "width": 8, "stage_sizes": (1, 1, 1, 1), "deconv_features": 16},
+         (96, 64)),
+        # branches 16x8 .. 2x1: 3x3 zero-padded binary convs on maps narrower than the kernel
+        ("bhrnet_w32", {"num_joints": 5, "width": 4, "stage_modules": (1, 1, 1), "stage_blocks": 1,
+                        "layer1_blocks": 1, "stem_width": 8, "binary_fuse": False}, (64, 32)),
+        # branches 8x16 .. 1x2: stride-2 binary fuse convs with a 1-row output (border correction)
+        ("bhrnet_w32", {"num_joints": 5, "width": 4, "stage_modules": (1, 1, 1), "stage_blocks": 1,
+                        "layer1_blocks": 1, "stem_width": 8, "binary_fuse": True}, (32, 64))]
+
+
+@needs_lce
+@pytest.mark.slow
+def test_pose_models_lce_equal_packed(tmp_path):
+    """Tiny SBPN-R18 and BHRNet-W32 (real and binary fuse layers), random BN statistics and biases,
+    non-square inputs, each converted for batch 3 and run on 3 inputs; heatmaps within 1e-4 of the
+    largest, the same peaks. The BHRNet sizes put two LCE 0.16 pitfalls in the path: its own zero
+    padding of a binary conv (``same``) applies no correction where the map is smaller than the kernel
+    (a 2-wide map), and TFLite moves a constant ADD before a RESHAPE, onto the LceBconv2d, when the
+    constant's shape is a tail of the conv's output shape (a 1-row map's border correction).
+    Exact equality needs no pre-activation within float32 rounding (~1e-6) of zero: a sign that
+    flips there moves a binary conv by 2 * scale, as in the full-size BHRNet at its init (whose deep
+    branches barely depend on the input, so a near-zero value repeats across samples), where every
+    op, fed the packed backend's inputs, converts exactly; these tiny networks with drawn biases
+    have none (their largest difference is ~2e-7 of the largest heatmap value). Each
+    case's LCE process (the Keras SavedModel step of the conversion takes most of its ~13 s) starts
+    as soon as its export is written, overlapping the next export."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    script = ("import sys\nfrom mlpbnn import lce\nd = sys.argv[1]\n"
+              "assert lce.main(['convert', d, d + '/m.tflite', '--batch', '3']) == 0\n"
+              "assert lce.main(['run', d + '/m.tflite', d + '/x.npy', d + '/y.npy']) == 0\n")
+    cases = []
+    try:
+        for i, (name, kw, hw) in enumerate(POSE):
+            d, _, ref = _export(tmp_path / f"p{i}", name, kw, hw, 3, seed=i, impl="unsafe_rbg")
+            proc = subprocess.Popen([str(LCE_PYTHON), "-c", script, str(d)], cwd=REPO, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cases.append((name, hw, d, ref, proc))
+        for name, hw, d, ref, proc in cases:
+            _check_pose(name, hw, d, ref, proc)
+    finally:
+        for *_, proc in cases:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _check_pose(name: str, hw: tuple[int, int], d: Path, ref: np.ndarray, proc: subprocess.Popen) -> None:
+    """One pose case: its LCE process succeeded and its heatmaps equal the packed backend's."""
+    h, w = hw
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{stderr[-3000:]}"
+    info = json.loads(next(line for line in stdout.splitlines() if line.startswith('{"out"')))
+    assert info["input"] == [3, h, w, 3] and info["output"] == [3, *ref.shape[1:]], (name, info)
+    out = np.load(d / "y.npy")
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=RTOL_OF_MAX * np.abs(ref).max(), rtol=0, err_msg=name)
+    # the heatmaps' peaks (argmax per sample and joint)
+    np.testing.assert_array_equal(out.reshape(3, -1, out.shape[-1]).argmax(1),
+                                  ref.reshape(3, -1, ref.shape[-1]).argmax(1), err_msg=name)
