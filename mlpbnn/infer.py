@@ -37,8 +37,16 @@ order given. ``--draw DIR`` writes ``DIR/<image name>.png``: the image with the 
 (joints above ``in_vis_thre``) and the person boxes.
 
 The network runs as one ``jax.jit``-compiled XNOR-popcount program (``mlpbnn.packed``), in batches
-of ``--batch-size`` images (crops) of equal size. Bad input is one line ``error: ...`` on stderr
-and exit status 2.
+of ``--batch-size`` images (crops) of equal size.
+
+A folder among INPUTS stands for the image files in it (by suffix, not recursive), sorted by name.
+Every image is decoded completely before it is used (``mlpbnn.data.verify.decode``: Pillow with
+truncated files refused, and OpenCV as evaluation reads them), so a truncated or empty file is an
+error, not a half-grey picture; a ``.npy`` must hold (N, H, W, C) or (H, W, C) finite floats of the
+export's input size. Every bad input is one line ``error: PATH: reason`` on stderr; the other
+inputs still run and their results are printed (or written), and the exit status is then 2. Bad
+options, an unreadable export or a bad ``--boxes`` file stop the run at once: one ``error:`` line,
+exit status 2. Exit status 0: every input ran.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,24 +95,76 @@ def preprocess(path: str | Path, spec: Mapping[str, Any]) -> np.ndarray:
     return (pixels / 255.0 - mean) / std
 
 
-def read_inputs(paths: Sequence[str], spec: Mapping[str, Any]) -> Iterator[tuple[str, int, np.ndarray]]:
-    """(input name, row index, float32 HWC image) for every image in ``paths``."""
+def expand_inputs(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The input files of the command line, each folder replaced by the image files in it
+    (``IMAGE_SUFFIXES``, any case, not recursive) sorted by name; and an error line for each path
+    that does not exist and each folder without images."""
+    files, errors = [], []
     for p in paths:
-        if p.lower().endswith(".npy"):
-            batch = np.load(p)
-            if batch.ndim == 3:
-                batch = batch[None]
-            if batch.ndim != 4 or not np.issubdtype(batch.dtype, np.floating):
-                raise ValueError(f"{p}: expected a float NHWC batch (or one HWC image), got {batch.dtype} "
-                                 f"{batch.shape}")
-            if batch.shape[-1] != int(spec["channels"]):
-                raise ValueError(f"{p}: {batch.shape[-1]} channel(s), the network takes {spec['channels']}")
-            for i, img in enumerate(batch):
-                yield p, i, img.astype(np.float32)
-        elif p.lower().endswith(IMAGE_SUFFIXES):
-            yield p, 0, preprocess(p, spec)
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f"{p}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.exists():
+            files.append(str(p))
         else:
-            raise ValueError(f"{p}: not a .npy batch or an image file ({', '.join(IMAGE_SUFFIXES)})")
+            errors.append(f"{p}: no such image file or folder")
+    return files, errors
+
+
+def check_image(path: str) -> tuple[int, int]:
+    """(width, height) of an image file after a complete decode (``mlpbnn.data.verify.decode``);
+    a ValueError naming the file and the reason otherwise."""
+    from mlpbnn.data import verify
+
+    try:
+        return verify.decode(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def read_npy(path: str, spec: Mapping[str, Any]) -> np.ndarray:
+    """A preprocessed ``.npy`` as float32 (N, H, W, C) of the export's input size; a file of another
+    shape, dtype or with non-finite values is a ValueError naming it (and both shapes)."""
+    want = (int(spec["height"]), int(spec["width"]), int(spec["channels"]))
+    try:
+        batch = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+    shape = batch.shape
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4 or batch.shape[1:] != want:
+        raise ValueError(f"{path}: shape {shape}, the network takes (N, {want[0]}, {want[1]}, {want[2]}) batches "
+                         f"or one {want} image")
+    if not np.issubdtype(batch.dtype, np.floating):
+        raise ValueError(f"{path}: {batch.dtype} values; a preprocessed batch holds floats (the input spec's "
+                         "(pixel / 255 - mean) / std)")
+    if not np.all(np.isfinite(batch)):
+        raise ValueError(f"{path}: {int(np.sum(~np.isfinite(batch)))} non-finite value(s)")
+    return batch.astype(np.float32)
+
+
+def read_inputs(paths: Sequence[str], spec: Mapping[str, Any]) -> tuple[list[tuple[str, int, np.ndarray]],
+                                                                      list[str]]:
+    """(input name, row index, float32 HWC image) for every image in ``paths`` (image files, checked
+    by ``check_image`` and preprocessed by the spec, or ``.npy`` batches, ``read_npy``), and an
+    error line for each input that cannot be used."""
+    items, errors = [], []
+    for p in paths:
+        try:
+            if p.lower().endswith(".npy"):
+                items += [(p, i, img) for i, img in enumerate(read_npy(p, spec))]
+            elif p.lower().endswith(IMAGE_SUFFIXES):
+                check_image(p)
+                items.append((p, 0, preprocess(p, spec)))
+            else:
+                raise ValueError(f"{p}: not a .npy batch or an image file ({', '.join(IMAGE_SUFFIXES)})")
+        except (OSError, ValueError) as e:
+            errors.append(str(e))
+    return items, errors
 
 
 def predict(net: packed.PackedNetwork, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -326,16 +386,31 @@ def pose_main(net: Callable[[Any], Any], doc: Mapping[str, Any], args: argparse.
     if args.batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
+    paths, errors = expand_inputs(args.inputs)
+    good = []
+    for p in paths:
+        try:
+            if not p.lower().endswith(IMAGE_SUFFIXES):
+                raise ValueError(f"{p}: not an image file ({', '.join(IMAGE_SUFFIXES)}); pose models take images")
+            check_image(p)
+            good.append(p)
+        except ValueError as e:
+            errors.append(str(e))
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if not good:
+        return 2
     try:
-        results, run = pose_results(net, doc, args.inputs, args.boxes, args.batch_size, args.image_thre,
+        results, run = pose_results(net, doc, good, args.boxes, args.batch_size, args.image_thre,
                                     flip_test=args.flip_test, decode=args.decode)
         if args.draw:
-            draw_results(args.draw, args.inputs, results, run["keys"], run["boxes"], run["eval"])
+            draw_results(args.draw, good, results, run["keys"], run["boxes"], run["eval"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     boxes = sum(len(b) for b in run["boxes"].values())
-    print(f"{len(args.inputs)} image(s), {boxes} person box(es), {len(results)} result(s) after OKS-NMS "
+    failed = f" ({len(errors)} input(s) failed)" if errors else ""
+    print(f"{len(good)} image(s){failed}, {boxes} person box(es), {len(results)} result(s) after OKS-NMS "
           f"({run['eval'].describe()})", file=sys.stderr)
     if args.out:
         out = Path(args.out)
@@ -344,25 +419,39 @@ def pose_main(net: Callable[[Any], Any], doc: Mapping[str, Any], args: argparse.
     else:
         for r in results:
             print(json.dumps(r))
-    return 0
+    return 2 if errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlpbnn.infer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="a packed export (python -m mlpbnn.export)")
-    parser.add_argument("inputs", nargs="+", help="image files (classifiers: also .npy preprocessed NHWC batches)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images (pose: person crops) per call")
-    parser.add_argument("--top-k", type=int, default=5, help="classifiers: the classes listed per image")
+    parser = argparse.ArgumentParser(
+        prog="python -m mlpbnn.infer", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Output: classifiers print one JSON line per image ({input, index, top1, topk, logits}); pose\n"
+               "models print COCO keypoint results as JSON lines (or write --out). Each bad input is one line\n"
+               "'error: PATH: reason' on stderr and the others still run; exit status 0 when every input ran,\n"
+               "2 when any input failed or an option, the export or --boxes is bad.")
+    parser.add_argument("out_dir", help="a packed export (written by python -m mlpbnn.export)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files (" + " ".join(IMAGE_SUFFIXES) + ") or folders of them (their images, "
+                        "sorted by name); classifiers also take .npy files of preprocessed (N, H, W, C) or "
+                        "(H, W, C) float batches of the export's input size")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images (pose: person crops) per call of the network (default: 32)")
+    parser.add_argument("--top-k", type=int, default=5,
+                        help="classifiers: how many classes to list per image, best first (default: 5)")
     pose = parser.add_argument_group("heatmap (pose) models")
-    pose.add_argument("--boxes", help="person detections, COCO's result format (default: each whole image)")
-    pose.add_argument("--out", help="write the COCO keypoint results here as one JSON list (default: JSON "
-                      "lines on stdout)")
+    pose.add_argument("--boxes", metavar="DET.json",
+                      help="person detections in COCO's result format ([{image_id, bbox [x, y, w, h], score, "
+                      "category_id?}]), matched to images by the number in the file name (default: each whole "
+                      "image is one box)")
+    pose.add_argument("--out", metavar="FILE",
+                      help="write the COCO keypoint results here as one JSON list (default: JSON lines on stdout)")
     pose.add_argument("--draw", metavar="DIR", help="write one picture per image with its skeletons into DIR")
     pose.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
                       help="average with the mirrored crop (default: the run's eval.flip_test)")
     pose.add_argument("--decode", choices=("quarter", "dark"), default=None,
-                      help="heatmap decoding (default: the run's eval.decode)")
-    pose.add_argument("--image-thre", type=float, default=None,
+                      help="heatmap decoding: HRNet's quarter-pixel offset or DARK (default: the run's eval.decode)")
+    pose.add_argument("--image-thre", type=float, default=None, metavar="T",
                       help="the detector score a box needs (default: the run's data.image_thre)")
     args = parser.parse_args(argv)
     try:
@@ -378,25 +467,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given:
         print(f"error: {given[0]} is for heatmap (pose) models; {args.out_dir} is a classifier", file=sys.stderr)
         return 2
-    try:
-        items = list(read_inputs(args.inputs, doc["input_spec"]))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    # Group by image size (npy batches may differ from the spec), keeping the input order.
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, (_, _, img) in enumerate(items):
-        by_shape.setdefault(img.shape, []).append(i)
-    logits: list[np.ndarray | None] = [None] * len(items)
-    for idx in by_shape.values():
-        for i, row in zip(idx, predict(net, [items[i][2] for i in idx], args.batch_size), strict=True):
-            logits[i] = row
-    k = max(1, min(args.top_k, doc["num_outputs"]))
-    for (name, index, _), row in zip(items, logits, strict=True):
-        top = np.argsort(-row, kind="stable")[:k]
-        print(json.dumps({"input": name, "index": index, "top1": int(top[0]), "topk": [int(t) for t in top],
-                          "logits": [float(v) for v in row]}))
-    return 0
+    paths, errors = expand_inputs(args.inputs)
+    items, bad = read_inputs(paths, doc["input_spec"])
+    errors += bad
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if items:  # every row has the spec's size (read_inputs), so one compilation serves all
+        logits = predict(net, [img for _, _, img in items], args.batch_size)
+        k = max(1, min(args.top_k, doc["num_outputs"]))
+        for (name, index, _), row in zip(items, logits, strict=True):
+            top = np.argsort(-row, kind="stable")[:k]
+            print(json.dumps({"input": name, "index": index, "top1": int(top[0]), "topk": [int(t) for t in top],
+                              "logits": [float(v) for v in row]}))
+    return 2 if errors or not items else 0
 
 
 if __name__ == "__main__":
