@@ -220,14 +220,15 @@ def verify_files(paths: Sequence[str | os.PathLike], *, workers: int = -1, cache
 def check_images(files: Mapping[Hashable, str], policy: str, *, what: str = "",
                  sizes: Mapping[Hashable, tuple[int, int]] | None = None,
                  boxes: Mapping[Hashable, int] | None = None, workers: int = -1,
-                 cache: Path | str | None = None) -> set[Hashable]:
+                 cache: Path | str | None = None, advice: str = "") -> set[Hashable]:
     """The keys of ``files`` (e.g. (split, image_id) -> path) whose image does not decode completely
     (``verify_files``) or whose (width, height) is not ``sizes[key]`` (the annotations' size).
 
     ``policy`` 'refuse': any bad image is a ``BadImagesError`` naming each file and its reason on
     its own line (at most ``MAX_LISTED``, then the count). 'skip': they are returned for the caller
     to drop, after one summary line (with ``boxes``, the number of boxes per key, their boxes'
-    count). ``what`` names the images in messages ('COCO', 'MPII')."""
+    count). ``what`` names the images in messages ('COCO', 'MPII'); ``advice`` replaces the
+    refusal's advice (fix them, skip them or trust the data)."""
     if policy not in POLICIES:
         raise ValueError(f"bad_images: must be one of {', '.join(POLICIES)}, got {policy!r}")
     found = verify_files(list(files.values()), workers=workers, cache=cache)
@@ -248,9 +249,10 @@ def check_images(files: Mapping[Hashable, str], policy: str, *, what: str = "",
         lines = [f"  {p}: {r}" for p, r in sorted(paths.items())[:MAX_LISTED]]
         if len(paths) > MAX_LISTED:
             lines.append(f"  ... and {len(paths) - MAX_LISTED:,} more")
+        advice = advice or ("fix or remove them, set data.bad_images=skip to drop their boxes, or "
+                            "data.verify_images=false to skip this check")
         raise BadImagesError(f"{len(paths):,} of {len(set(files.values())):,} {label} files do not decode "
-                             "completely; fix or remove them, set data.bad_images=skip to drop their boxes, or "
-                             "data.verify_images=false to skip this check:\n" + "\n".join(lines))
+                             f"completely; {advice}:\n" + "\n".join(lines))
     dropped = f"{sum(boxes.get(k, 0) for k in bad):,} boxes of " if boxes is not None else ""
     first = ", ".join(f"{os.path.basename(p)} ({r})" for p, r in sorted(paths.items())[:3])
     more = f" and {len(paths) - 3:,} more" if len(paths) > 3 else ""
@@ -309,7 +311,8 @@ def verify_top_down(dataset: Any, policy: str, what: str, *, workers: int = -1,
                     sizes[split, i] = (int(gt.imgs[i]["width"]), int(gt.imgs[i]["height"]))
     if policy == "skip" and getattr(dataset, "val_coco", None) is None:
         check_images({k: p for k, p in files.items() if k[0] == "val"}, "refuse", what=f"{what} evaluation",
-                     workers=workers, cache=cache)
+                     workers=workers, cache=cache, advice=f"{what}'s benchmark scores every evaluation person, so "
+                     "data.bad_images=skip drops training images only; fix or remove them")
     bad = check_images(files, policy, what=what, sizes=sizes, boxes=boxes, workers=workers, cache=cache)
     if not bad:
         return
