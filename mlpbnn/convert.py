@@ -20,7 +20,11 @@ dict with ``state_dict``), torchvision's ResNet keys, the official SimpleBaselin
 ``deconv_layers.{0..8}``, ``final_layer``) and HRNet's ``pose_hrnet`` checkpoints (``hrnet_w32``,
 ``hrnet_w48``: 1,754 keys with the BN counters). BHRNet (``bhrnet_*``) maps the same way: its
 binary blocks' latent weights are ``...branches.B.K.binary_conv.weights`` and the shared estimator
-``meta_net``, as the BBC ResNets'. Every tensor must be accounted for: a
+``meta_net``, as the BBC ResNets'. ReActNet-A (``reactnet_a``) has the released code's names
+(``feature.N.binary_3x3``, ``bn2_1``, ``move21``, ``prelu1``; only ``feature.N`` is an index) and
+reads both released forms of its 31 binary kernels: ReActNet step 2's flat ``...weights`` of
+shape (out*in*k*k, 1) (layout ``reactnet_a``) and the 4-D ``...weight`` of ReActNet's step 1
+(real ``nn.Conv2d``) and AdamBNN (``reactnet_a_4d``); ``to_torch(..., layout=)`` writes either. Every tensor must be accounted for: a
 missing, unexpected or misshaped tensor raises ``ValueError`` naming the key and both shapes.
 BN ``num_batches_tracked`` counters are checked to belong to a BN layer and are otherwise unused
 (Flax's BN has no counter; ``to_torch`` writes ``num_batches_tracked``).
@@ -52,7 +56,12 @@ Path_ = tuple[str, ...]
 # The PyTorch key layouts the rules below map: torchvision's ResNets, the official BBC/Bi-Real code
 # (``binary_conv.weights``, ``meta_net``), ReActNet's code, SimpleBaseline's ``pose_resnet`` and
 # HRNet's ``pose_hrnet``; a registered model names its layout (``models.info(name).torch_layout``).
-LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet", "pose_hrnet")
+LAYOUTS = ("torchvision", "bbc", "reactnet", "pose_resnet", "pose_hrnet", "reactnet_a", "reactnet_a_4d")
+# Other layouts of the same network that ``from_torch`` also reads (the one matching more keys
+# wins): ReActNet-A's step-2 release stores each binary kernel flat as ``...binary_3x3.weights``
+# (out*in*k*k, 1); its step 1 (real ``nn.Conv2d``) and AdamBNN as 4-D ``...binary_3x3.weight``.
+ALTERNATE_LAYOUTS = {"reactnet_a": ("reactnet_a_4d",)}
+_REACTNET_A = ("reactnet_a", "reactnet_a_4d")
 
 
 def _module_name(part: str) -> str:
@@ -66,7 +75,10 @@ def torch_key(path: Path_, layout: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown PyTorch layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     collection, *modules, leaf = path
-    names = [_module_name(m) for m in modules]
+    if layout in _REACTNET_A:  # only ``feature.N`` is indexed; ``bn2_1`` and ``move11`` are names
+        names = [re.sub(r"^feature_(\d+)$", r"feature.\1", m) for m in modules]
+    else:
+        names = [_module_name(m) for m in modules]
     if collection == "estimator":
         owner, net = names[:-1], {"weight_estimator": "meta_net", "input_estimator": "input_meta_net"}[names[-1]]
         kind, index = leaf[0], leaf[1:]
@@ -75,9 +87,15 @@ def torch_key(path: Path_, layout: str) -> str:
         return ".".join([*names, {"mean": "running_mean", "var": "running_var"}[leaf]])
     if leaf == "kernel":
         # The official BBC and ReActNet binary convs call their latent weights ``weights``.
-        binary = layout in ("bbc", "reactnet") and modules[-1] == "binary_conv"
+        binary = ((layout in ("bbc", "reactnet") and modules[-1] == "binary_conv")
+                  or (layout == "reactnet_a" and _reactnet_a_binary(modules)))
         return ".".join([*names, "weights" if binary else "weight"])
     return ".".join([*names, {"bias": "bias", "scale": "weight", "slope": "weight"}[leaf]])
+
+
+def _reactnet_a_binary(modules: list[str]) -> bool:
+    """Whether a ReActNet-A module is one of its binary convs (``binary_3x3``, ``binary_pw*``)."""
+    return bool(modules) and modules[-1].startswith("binary_")
 
 
 def _transposed_conv(modules: list[str], leaf: str) -> bool:
@@ -85,12 +103,14 @@ def _transposed_conv(modules: list[str], leaf: str) -> bool:
     return leaf == "kernel" and bool(modules) and re.fullmatch(r"deconv_layers_\d+", modules[-1]) is not None
 
 
-def _to_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
+def _to_torch_layout(path: Path_, value: np.ndarray, layout: str | None = None) -> np.ndarray:
     collection, *modules, leaf = path
     if collection == "estimator" and leaf.startswith("w"):
         return value.T
     if _transposed_conv(modules, leaf):  # (kH, kW, I, O) -> (I, O, kH, kW)
         return value.transpose(2, 3, 0, 1)
+    if leaf == "kernel" and layout == "reactnet_a" and _reactnet_a_binary(modules):  # OIHW, flat
+        return value.transpose(3, 2, 0, 1).reshape(-1, 1)
     if leaf == "kernel":
         return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
     if leaf == "bias" and modules and re.fullmatch(r"move\d+", modules[-1]):
@@ -98,12 +118,17 @@ def _to_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _from_torch_layout(path: Path_, value: np.ndarray) -> np.ndarray:
+def _from_torch_layout(path: Path_, value: np.ndarray, layout: str | None = None,
+                       shape: tuple[int, ...] = ()) -> np.ndarray:
+    """``value`` in Flax's layout; ``shape`` is the Flax shape (needed to unflatten a flat kernel)."""
     collection, *modules, leaf = path
     if collection == "estimator" and leaf.startswith("w"):
         return value.T
     if _transposed_conv(modules, leaf):  # (I, O, kH, kW) -> (kH, kW, I, O)
         return value.transpose(2, 3, 0, 1)
+    if leaf == "kernel" and layout == "reactnet_a" and _reactnet_a_binary(modules):
+        kh, kw, cin, cout = shape
+        return value.reshape(cout, cin, kh, kw).transpose(2, 3, 1, 0)
     if leaf == "kernel":
         return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
     if leaf == "bias" and modules and re.fullmatch(r"move\d+", modules[-1]):
@@ -166,24 +191,25 @@ def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None
     """
     sd = unwrap_state_dict(state_dict)
     head = head_args(name, sd, num_classes=num_classes, num_joints=model_kwargs.pop("num_joints", None))
-    layout = models.info(name).torch_layout
     expected = expected_variables(name, **head, **model_kwargs)
+    layout = read_layout(name, sd, expected)
     keys = {path: torch_key(path, layout) for path in expected}
     missing, misshaped, nonfinite, flat = [], [], [], {}
     for path, shape in expected.items():
         key = keys[path]
         if key not in sd:
-            missing.append(f"{key} (expected shape {tuple(_to_torch_layout(path, np.zeros(shape.shape)).shape)})")
+            missing.append(f"{key} (expected shape "
+                           f"{tuple(_to_torch_layout(path, np.zeros(shape.shape), layout).shape)})")
             continue
         value = _as_numpy(sd[key])
-        want = _to_torch_layout(path, np.zeros(shape.shape)).shape
+        want = _to_torch_layout(path, np.zeros(shape.shape), layout).shape
         if value.shape != want:
             misshaped.append(f"{key}: expected shape {tuple(want)} for {'/'.join(path)}, got {tuple(value.shape)}")
             continue
         if not np.all(np.isfinite(value)):
             nonfinite.append(f"{key} ({int(np.sum(~np.isfinite(value)))} of {value.size} values NaN or inf)")
             continue
-        flat[path] = _from_torch_layout(path, value.astype(dtype))
+        flat[path] = _from_torch_layout(path, value.astype(dtype), layout, shape.shape)
     bn_modules = {k.rsplit(".", 1)[0] for k in keys.values() if k.endswith(".running_mean")}
     unexpected = [k for k in sd if k not in keys.values()
                   and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in bn_modules)]
@@ -197,15 +223,31 @@ def from_torch(name: str, state_dict: Mapping[str, Any], num_classes: int | None
     return traverse_util.unflatten_dict(flat)
 
 
-def to_torch(name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0) -> OrderedDict:
-    """A PyTorch state_dict (``torch.Tensor`` values) of model ``name`` from Flax variables."""
+def read_layout(name: str, sd: Mapping[str, Any], expected: Mapping[Path_, Any]) -> str:
+    """The layout of model ``name`` that state_dict ``sd`` is in: the registered one, or an
+    alternate (``ALTERNATE_LAYOUTS``) that matches more of its keys."""
+    layout = models.info(name).torch_layout
+    candidates = (layout, *ALTERNATE_LAYOUTS.get(layout, ()))
+    return max(candidates, key=lambda c: sum(torch_key(p, c) in sd for p in expected))
+
+
+def to_torch(name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0,
+             layout: str | None = None) -> OrderedDict:
+    """A PyTorch state_dict (``torch.Tensor`` values) of model ``name`` from Flax variables, in the
+    model's registered layout or ``layout`` (one of ``ALTERNATE_LAYOUTS`` of it)."""
     import torch
 
-    layout = models.info(name).torch_layout
+    registered = models.info(name).torch_layout
+    if layout is None:
+        layout = registered
+    elif layout not in (registered, *ALTERNATE_LAYOUTS.get(registered, ())):
+        others = "".join(f" or {a}" for a in ALTERNATE_LAYOUTS.get(registered, ()))
+        raise ValueError(f"model {name!r} has the PyTorch layout {registered!r}{others}, not {layout!r}")
     out: OrderedDict[str, Any] = OrderedDict()
     for path, value in traverse_util.flatten_dict(dict(variables)).items():
         key = torch_key(path, layout)
-        out[key] = torch.from_numpy(np.array(_to_torch_layout(path, np.asarray(value)), order="C"))  # a writable copy
+        value = np.array(_to_torch_layout(path, np.asarray(value), layout), order="C")  # a writable copy
+        out[key] = torch.from_numpy(value)
         if key.endswith(".running_var"):
             out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = torch.tensor(num_batches_tracked, dtype=torch.long)
     return out

@@ -20,8 +20,8 @@ CLASSIFIERS = [n for n in models.names() if models.info(n).head == "classifier"]
 
 def test_names():
     assert models.names() == ["bhrnet_w32", "bhrnet_w48", "bireal_resnet18", "bireal_resnet34", "hrnet_w32",
-                              "hrnet_w48", "reactnet_resnet18", "resnet18", "resnet34", "resnet50", "sbpn_resnet18",
-                              "sbpn_resnet34", "simple_baseline_resnet18", "simple_baseline_resnet34",
+                              "hrnet_w48", "reactnet_a", "reactnet_resnet18", "resnet18", "resnet34", "resnet50",
+                              "sbpn_resnet18", "sbpn_resnet34", "simple_baseline_resnet18", "simple_baseline_resnet34",
                               "simple_baseline_resnet50"]
 
 
@@ -61,6 +61,7 @@ def test_head_arguments_are_the_heads():
 def test_info():
     expected = {"bireal_resnet18": (True, "bbc", "classifier"), "bireal_resnet34": (True, "bbc", "classifier"),
                 "reactnet_resnet18": (True, "reactnet", "classifier"),
+                "reactnet_a": (True, "reactnet_a", "classifier"),
                 "resnet18": (False, "torchvision", "classifier"), "resnet34": (False, "torchvision", "classifier"),
                 "resnet50": (False, "torchvision", "classifier"),
                 "simple_baseline_resnet18": (False, "pose_resnet", "heatmap"),

@@ -666,3 +666,106 @@ class PoseHRNet(nn.Module):
                 xs = module(xs, meta_net)
         return self.final_layer(xs[0])
 
+
+
+# ------------------------------------------------------------------------------ ReActNet-A
+# The binary MobileNetV1 of ReActNet (arXiv 2003.03488) with the released code's names
+# (liuzechun/ReActNet mobilenet/*/reactnet.py; AdamBNN step*/reactnet.py): feature.0 is the
+# real stem, feature.1..13 the blocks, fc the head. Three forms of the binary kernels:
+# 'flat' (ReActNet step 2: ``weights`` of shape (out*in*k*k, 1)), '4d' (AdamBNN: ``weight``
+# 4-D) and 'real' (ReActNet step 1: nn.Conv2d, real weights, binary activations).
+
+
+class ReActAConv(nn.Module):
+    """HardBinaryConv: forward alpha * sign(W) (alpha = mean |W| per output channel, detached),
+    gradient of clamp(W, -1, 1)."""
+
+    def __init__(self, cin, cout, k, stride, form):
+        super().__init__()
+        self.stride, self.padding, self.shape = stride, k // 2, (cout, cin, k, k)
+        init = torch.rand(self.shape) * 0.001
+        if form == "flat":
+            self.weights = nn.Parameter(init.reshape(-1, 1))
+        else:
+            self.weight = nn.Parameter(init)
+
+    def forward(self, x):
+        w = (self.weights if hasattr(self, "weights") else self.weight).view(self.shape)
+        scale = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
+        clipped = torch.clamp(w, -1.0, 1.0)
+        wb = (scale * hard_sign(w)).detach() - clipped.detach() + clipped
+        return F.conv2d(x, wb, stride=self.stride, padding=self.padding)
+
+
+def _reacta_conv(cin, cout, k, stride, form):
+    if form == "real":
+        return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+    return ReActAConv(cin, cout, k, stride, form)
+
+
+class ReActABlock(nn.Module):
+    def __init__(self, inplanes, planes, stride, form):
+        super().__init__()
+        c = inplanes
+        self.stride, self.double = stride, planes != inplanes
+        self.move11, self.move12, self.move13, self.move21 = (LearnableBias(c) for _ in range(4))
+        self.binary_3x3 = _reacta_conv(c, c, 3, stride, form)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.prelu1 = nn.PReLU(c)
+        if self.double:
+            self.binary_pw_down1 = _reacta_conv(c, c, 1, 1, form)
+            self.binary_pw_down2 = _reacta_conv(c, c, 1, 1, form)
+            self.bn2_1, self.bn2_2 = nn.BatchNorm2d(c), nn.BatchNorm2d(c)
+        else:
+            self.binary_pw = _reacta_conv(c, c, 1, 1, form)
+            self.bn2 = nn.BatchNorm2d(c)
+        self.move22, self.move23 = LearnableBias(planes), LearnableBias(planes)
+        self.prelu2 = nn.PReLU(planes)
+
+    def forward(self, x):
+        y = self.bn1(self.binary_3x3(binary_activation(self.move11(x))))
+        if self.stride == 2:
+            x = F.avg_pool2d(x, 2, 2)
+        y = self.move13(self.prelu1(self.move12(y + x)))
+        s = binary_activation(self.move21(y))
+        if self.double:
+            z = torch.cat([self.bn2_1(self.binary_pw_down1(s)) + y, self.bn2_2(self.binary_pw_down2(s)) + y], 1)
+        else:
+            z = self.bn2(self.binary_pw(s)) + y
+        return self.move23(self.prelu2(self.move22(z)))
+
+
+class ReActAStem(nn.Module):
+    def __init__(self, width, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        return self.bn1(self.conv1(x))
+
+
+class ReActNetARef(nn.Module):
+    """ReActNet-A; ``stages`` blocks per width ``width * 2**(i+1)`` ((1, 2, 2, 6, 2) at width 32 is
+    the released network); ``small_inputs``: stride-1 stem, stride 2 only at stages 2 and 3."""
+
+    def __init__(self, stages=(1, 2, 2, 6, 2), num_classes=1000, width=32, small_inputs=False, form="flat"):
+        super().__init__()
+        # The released code's channel list and stride rule: stride 2 where the channels change,
+        # except to 64 (here 2 * width); small inputs keep only the first two of those.
+        channels = [width] + [width * 2 ** (i + 1) for i, n in enumerate(stages) for _ in range(n)]
+        self.feature = nn.ModuleList([ReActAStem(width, 1 if small_inputs else 2)])
+        halvings = 0
+        for i in range(1, len(channels)):
+            stride = 1
+            if channels[i - 1] != channels[i] and channels[i] != 2 * width:
+                halvings += 1
+                stride = 1 if small_inputs and halvings > 2 else 2
+            self.feature.append(ReActABlock(channels[i - 1], channels[i], stride, form))
+        self.pool1 = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x):
+        for block in self.feature:
+            x = block(x)
+        return self.fc(torch.flatten(self.pool1(x), 1))

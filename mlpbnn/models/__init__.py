@@ -16,7 +16,7 @@ Each family's module registers its models (``registry.register_model``): a new b
 file, imported here.
 """
 
-from mlpbnn.models import hrnet, resnet, simple_baseline  # noqa: F401 - each registers its models
+from mlpbnn.models import hrnet, reactnet_a, resnet, simple_baseline  # noqa: F401 - each registers its models
 from mlpbnn.models.heads import Classifier, Head
 from mlpbnn.models.hrnet import HRNetHead
 from mlpbnn.models.registry import (
