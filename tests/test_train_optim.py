@@ -7,6 +7,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mlpbnn import layers, models
@@ -83,3 +84,69 @@ def test_optimizer_state_reports_the_learning_rates_used():
         assert lrs == {"binary_kernel": float(schedules["main"](i)), "real_kernel": float(schedules["main"](i) * 0.5),
                        "other": 0.0, "estimator": 0.25}, i
         np.testing.assert_allclose(lrs["binary_kernel"], 1.0 - i / 10, rtol=1e-6)
+
+
+def _bop_by_hand(w0, grads, gammas, thresholds):
+    """Helwegen et al. (arXiv 1906.02107), Algorithm 1, written out: m <- (1 - g) m + g grad;
+    flip w where |m| > tau and sign(m) == sign(w)."""
+    w, m, out = w0.copy(), np.zeros_like(w0), []
+    for grad, g, tau in zip(grads, gammas, thresholds, strict=True):
+        m = (1 - g) * m + g * grad
+        flip = (np.abs(m) > tau) & (np.sign(m) == np.sign(w))
+        w = np.where(flip, -w, w)
+        out.append(w.copy())
+    return out
+
+
+def test_bop_follows_the_papers_update_rule():
+    rng = np.random.default_rng(0)
+    w0 = (rng.choice([-1.0, 1.0], 200) * rng.uniform(0.5, 2.0, 200)).astype(np.float32)  # |w| kept by a flip
+    grads = [rng.normal(0, 1, 200) for _ in range(6)]
+    gamma = optax.piecewise_constant_schedule(0.3, {3: 0.1})  # step 3 on: 0.03
+    tau = lambda step: 0.1 + 0.05 * step  # noqa: E731 - a schedule of the step count
+    want = _bop_by_hand(w0, grads, [float(gamma(i)) for i in range(6)], [0.1 + 0.05 * i for i in range(6)])
+    tx = optim.bop(gamma, tau)
+    w, state = jnp.asarray(w0), tx.init(jnp.asarray(w0))
+    flips = 0
+    for i, grad in enumerate(grads):
+        updates, state = jax.jit(tx.update)(jnp.asarray(grad), state, w)
+        new = optax.apply_updates(w, updates)
+        flips += int(jnp.sum(jnp.sign(new) != jnp.sign(w)))
+        w = new
+        np.testing.assert_array_equal(np.asarray(w), want[i], err_msg=f"step {i}")
+    assert 0 < flips < 6 * 200  # the rule did flip, and not everything
+    with pytest.raises(ValueError, match="bop needs the parameters"):
+        tx.update(jnp.asarray(grads[0]), tx.init(jnp.asarray(w0)))
+
+
+def test_bop_partition_flips_binary_kernels_while_the_rest_keep_adam():
+    c = tiny()
+    part = c.optimizer.partitions.binary_kernel
+    part.name, part.gamma, part.threshold = "bop", 0.5, 1e-3
+    part.gamma_schedule, part.milestones, part.decay = "step", (2,), 0.1
+    trainable = {"params": {"a": {"kernel": jnp.array([1.0, -2.0, 3.0, -4.0])}, "b": {"kernel": jnp.ones(2)}},
+                 "estimator": {}}
+    tx, _ = optim.make(c, trainable, {"a"}, total_steps=10, steps_per_epoch=5.0)
+    state = tx.init(trainable)
+    grads = {"params": {"a": {"kernel": jnp.array([1.0, 1.0, -1.0, -1.0])}, "b": {"kernel": jnp.ones(2)}},
+             "estimator": {}}
+    updates, state = tx.update(grads, state, trainable)
+    # m = 0.5 * grad: sign agrees with w for the first and last only, |m| > 1e-3: those flip.
+    np.testing.assert_array_equal(updates["params"]["a"]["kernel"], [-2.0, 0.0, 0.0, 8.0])
+    np.testing.assert_allclose(updates["params"]["b"]["kernel"], -c.optimizer.learning_rate * np.ones(2), rtol=1e-5)
+    assert float(optim.learning_rates(state)["binary_kernel"]) == 0.0
+    gamma, _ = optim.bop_schedules(part, c.optimizer, 10, 5.0)
+    assert [float(gamma(s)) for s in (0, 1, 2, 9)] == pytest.approx([0.5, 0.5, 0.05, 0.05])
+
+
+def test_bop_config_is_checked_by_field():
+    from mlpbnn.train.config import ConfigError, validate
+
+    for overrides, message in [({"name": "sgd"}, r"binary_kernel.name: 'sgd' is not valid; choose '' "),
+                               ({"name": "bop", "gamma": 1.5}, r"binary_kernel.gamma: must be a finite number in"),
+                               ({"name": "bop", "threshold": -1.0}, r"binary_kernel.threshold: must be"),
+                               ({"name": "bop", "gamma_schedule": "step"}, r"binary_kernel.milestones: gamma_sch")]:
+        c = tiny()
+        c.optimizer.partitions.binary_kernel.update(overrides)
+        with pytest.raises(ConfigError, match=message):
+            validate(c, 8)

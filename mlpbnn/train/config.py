@@ -94,6 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
     # dense kernels; other: biases, BN, PReLU and learnable shifts.
     c.optimizer.partitions = ml_collections.ConfigDict({
         p: {"lr_mult": 1.0, "weight_decay": config_dict.placeholder(float)} for p in PARTITIONS})
+    # The binary kernels may use Bop instead (name='bop', arXiv 1906.02107; mlpbnn.train.optim.bop):
+    # adaptivity rate gamma and flip threshold, each with a schedule (constant | linear | cosine |
+    # step: x decay at each of milestones, in the main optimizer's schedule_unit); larq's defaults.
+    c.optimizer.partitions.binary_kernel.update({
+        "name": "", "gamma": 1e-4, "threshold": 1e-8, "gamma_schedule": "constant",
+        "threshold_schedule": "constant", "milestones": (), "decay": 0.1})
     # The learnable estimator's parameters have an optimizer of their own.
     c.optimizer.estimator = optimizer_config()
 
@@ -178,6 +184,22 @@ def _check_optimizer(opt: Any, field: str) -> None:
         _fail(f"{field}.milestones", f"must be increasing, got {tuple(opt.milestones)}")
     if opt.warmup_steps < 0:
         _fail(f"{field}.warmup_steps", f"must be >= 0, got {opt.warmup_steps}")
+
+
+def _check_bop(part: Any) -> None:
+    field = "optimizer.partitions.binary_kernel"
+    if part.get("name", "") not in ("", "bop"):
+        _fail(f"{field}.name", f"{part.name!r} is not valid; choose '' (the main optimizer) or 'bop'")
+    if part.get("name", "") != "bop":
+        return
+    _in_range(part, field, "gamma", 0.0, 1.0)
+    _in_range(part, field, "threshold", 0.0, math.inf)
+    _in_range(part, field, "decay", 0.0, math.inf)
+    for key in ("gamma_schedule", "threshold_schedule"):
+        if part[key] not in SCHEDULES:
+            _fail(f"{field}.{key}", f"{part[key]!r} is not valid; choose one of {', '.join(SCHEDULES)}")
+        if part[key] == "step" and not part.milestones:
+            _fail(f"{field}.milestones", f"{key} 'step' needs milestones (in the main optimizer's schedule units)")
 
 
 def is_binary(config: Any) -> bool:
@@ -277,6 +299,7 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
         part = config.optimizer.partitions[p]
         if part.lr_mult < 0 or (part.weight_decay is not None and part.weight_decay < 0):
             _fail(f"optimizer.partitions.{p}", f"lr_mult and weight_decay must be >= 0, got {dict(part)}")
+    _check_bop(config.optimizer.partitions.binary_kernel)
     extra = sorted(set(config.optimizer.partitions) - set(PARTITIONS))
     if extra:
         _fail("optimizer.partitions", f"unknown partition(s) {extra}; valid: {', '.join(PARTITIONS)}")

@@ -8,8 +8,10 @@ The trainable tree is ``{'params': ..., 'estimator': ...}``. Its leaves fall in 
 - ``estimator``: the learnable estimator's theta, with an optimizer of its own.
 
 The three main partitions share ``config.optimizer`` with per-partition lr multipliers and
-weight decay; ``estimator`` follows ``config.optimizer.estimator``. (The official BBC recipe:
-Adam 2.5e-3 with linear decay and no weight decay for the model, Adam 1e-3 x 0.1 at epochs
+weight decay; ``estimator`` follows ``config.optimizer.estimator``. ``binary_kernel`` may instead
+use Bop (``optimizer.partitions.binary_kernel.name='bop'``, Helwegen et al., arXiv 1906.02107),
+the latent-free binary optimizer: ``bop`` below, with its ``gamma`` and ``threshold`` scheduled.
+(The official BBC recipe: Adam 2.5e-3 with linear decay and no weight decay for the model, Adam 1e-3 x 0.1 at epochs
 70/90/100/110 for the estimator.) A frozen teacher is not trainable and has no optimizer.
 """
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,9 +91,61 @@ def _transform(opt: Any, lr: Schedule, weight_decay: float, lr_mult: float) -> o
     return optax.inject_hyperparams(make)(learning_rate=(lambda s: lr(s) * lr_mult) if lr_mult != 1.0 else lr)
 
 
+class BopState(NamedTuple):
+    """Bop's state: the exponential moving average of each binary kernel's gradient."""
+
+    momentum: Any
+
+
+def bop(gamma: float | Schedule = 1e-4, threshold: float | Schedule = 1e-8) -> optax.GradientTransformation:
+    """Bop (Helwegen et al., arXiv 1906.02107, Algorithm 1) as an optax transformation of the
+    binary kernels: with the gradient g_t,
+
+        m_t = (1 - gamma) m_{t-1} + gamma g_t            (m_0 = 0; gamma the adaptivity rate)
+        w_t = -w_{t-1} if |m_t| > threshold and sign(m_t) = sign(w_{t-1}), else w_{t-1}
+
+    (larq's ``Bop``: flip where sign(w) m_t > threshold). Only the sign of a latent weight
+    matters to Bop; a flip negates it, keeping its magnitude (larq writes +-1 instead; with the
+    forward alpha * sign(w), alpha = mean |w|, the two differ only in alpha, which the BN after
+    every binary conv absorbs), and a weight of exactly 0 never flips. ``gamma`` and
+    ``threshold`` are numbers or schedules of the step count (the update's index from 0).
+    The updates are ``w_t - w_{t-1}``: apply them with ``optax.apply_updates``; no learning rate.
+    """
+    def init(params):
+        return BopState(jax.tree.map(jnp.zeros_like, params)), optax.ScaleByScheduleState(jnp.zeros([], jnp.int32))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("bop needs the parameters: tx.update(grads, state, params)")
+        bop_state, count = state
+        g = gamma(count.count) if callable(gamma) else gamma
+        t = threshold(count.count) if callable(threshold) else threshold
+        momentum = jax.tree.map(lambda m, d: (1 - g) * m + g * d, bop_state.momentum, grads)
+        updates = jax.tree.map(lambda m, w: jnp.where(jnp.sign(w) * m > t, -2 * w, jnp.zeros_like(w)),
+                               momentum, params)
+        return updates, (BopState(momentum), optax.ScaleByScheduleState(optax.safe_increment(count.count)))
+
+    return optax.GradientTransformation(init, update)
+
+
+def bop_schedules(part: Any, main: Any, total_steps: int, steps_per_epoch: float) -> tuple[Schedule, Schedule]:
+    """Bop's gamma and threshold schedules from a partition's config (``gamma``, ``threshold``,
+    ``gamma_schedule`` / ``threshold_schedule`` of ``constant | linear | cosine | step``, with
+    ``milestones`` and ``decay`` for 'step'), in the main optimizer's ``schedule_unit``: the
+    learning-rate schedules with the value in place of the learning rate (larq's Bop example
+    decays gamma by 10x every 100 epochs: ``step``, ``milestones=(100, 200)``, ``decay=0.1``)."""
+    def one(value: float, kind: str) -> Schedule:
+        opt = SimpleNamespace(learning_rate=value, schedule=kind, schedule_unit=main.schedule_unit,
+                              epoch_start_quirk=main.epoch_start_quirk, warmup_steps=0,
+                              milestones=tuple(part.milestones), gamma=part.decay)
+        return schedule(opt, total_steps, steps_per_epoch)
+
+    return one(part.gamma, part.gamma_schedule), one(part.threshold, part.threshold_schedule)
+
+
 def learning_rates(opt_state: Any) -> dict[str, Any]:
     """{partition: learning rate of the latest update} from a ``make`` optimizer's state
-    (0 for a frozen partition)."""
+    (0 for a frozen partition and for Bop, which has none)."""
     out = {}
     for name, inner in opt_state.inner_states.items():
         hp = getattr(inner.inner_state, "hyperparams", None)
@@ -127,6 +182,9 @@ def make(config: Any, trainable: Any, binary_kernels: set[str], total_steps: int
         wd = part.weight_decay if part.weight_decay is not None else opt.weight_decay
         if weight_decay_override is not None:
             wd = weight_decay_override
+        if part.get("name", "") == "bop":  # latent-free: no learning rate, no weight decay
+            transforms[name] = bop(*bop_schedules(part, opt, total_steps, steps_per_epoch))
+            continue
         transforms[name] = _transform(opt, schedules["main"], wd, part.lr_mult)
     transforms["estimator"] = _transform(opt.estimator, schedules["estimator"], opt.estimator.weight_decay, 1.0)
     labels = partition_labels(trainable, binary_kernels)
