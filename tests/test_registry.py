@@ -29,11 +29,12 @@ def test_registry_names_duplicates_and_errors():
 
 def test_every_kind_registers_where_it_is_defined():
     assert {"bireal_resnet18", "sbpn_resnet18", "bhrnet_w32", "resnet50"} <= set(models.names())
-    assert set(data.names()) == {"coco", "digits", "fashion_mnist", "imagenet", "pose_synthetic"}
+    assert set(data.names()) == {"coco", "digits", "fashion_mnist", "imagenet", "mpii", "pose_synthetic"}
     assert set(tasks.names()) >= {"classification", "keypoints"}
     assert not ESTIMATORS["classifier"].sign_forward and ESTIMATORS["mlp"].sign_forward
     assert models.info("sbpn_resnet18").head_class.__module__ == "mlpbnn.models.simple_baseline"
     assert data.DATASETS.get("coco").config.__module__ == "mlpbnn.data.coco"
+    assert data.DATASETS.get("mpii").config.__module__ == "mlpbnn.data.mpii"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,7 +68,8 @@ def test_inheriting_config_loads_outside_the_repo_root(config, tmp_path):
                          ids=lambda p: p.name)
 def test_every_config_file_is_valid(path, tmp_path):
     """Every recipe in configs/ loads and passes validation on 8 devices (what train.py checks first;
-    the ImageNet ones given a folder for their tars, the COCO ones a detection file)."""
+    the ImageNet ones given a folder for their tars, the COCO ones a detection file, the MPII ones
+    a generated MPII root)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -79,6 +80,11 @@ def test_every_config_file_is_valid(path, tmp_path):
         config.data.manual_dir = str(tmp_path)
     if config.data.name == "coco":
         config.data.det_file = str(tmp_path / "detections.json")
+    if config.data.name == "mpii":
+        from tests.utils_mpii import write_mpii
+
+        write_mpii(tmp_path, num_train=1, num_val=1)
+        config.data.dir = str(tmp_path)
     validate(config, 8)
     if config.task == "keypoints":
         assert models.info(config.model.name).head == "heatmap"

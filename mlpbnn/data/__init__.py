@@ -5,6 +5,8 @@ section, a frozen dataclass that is the one home of its defaults and checks.
 - ``fashion_mnist``: Fashion-MNIST from its IDX files (``small.py``);
 - ``imagenet``: ILSVRC2012 through tensorflow-datasets (``imagenet/``);
 - ``coco``: COCO person keypoints, top-down (``coco.py``);
+- ``mpii``: MPII Human Pose in HRNet's layout, top-down, scored by PCKh (``mpii.py``, through
+  ``coco.py``'s crops and targets);
 - ``pose_synthetic``: generated stick figures in COCO's format through the same pipeline
   (``coco.py`` + ``synthetic_pose.py``; the pose quick start).
 
@@ -19,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from mlpbnn.data import coco, imagenet, small  # noqa: F401 - each registers its datasets
+from mlpbnn.data import coco, imagenet, mpii, small  # noqa: F401 - each registers its datasets
 from mlpbnn.data.base import DATASETS, Dataset, DatasetEntry
 from mlpbnn.registry import SectionError, from_section, section_dict
 

@@ -71,11 +71,17 @@ class ClassificationDataset(Dataset):
 
 class KeypointsDataset(Dataset):
     """Top-down keypoint crops: batches with ``heatmaps`` and ``target_weight`` of
-    ``heatmap_shape`` (H, W, K) targets, evaluated against ``val_coco`` (pycocotools' ``COCO`` of
-    the evaluation split), whose images ``load_image`` reads (for pictures of the results)."""
+    ``heatmap_shape`` (H, W, K) targets of ``skeleton``'s joints (``mlpbnn.pose.skeleton``),
+    evaluated by ``benchmark``: 'coco' (keypoint AP against ``val_coco``, pycocotools' ``COCO`` of
+    the evaluation split) or 'pckh' (MPII's PCKh against ``pckh_gt``,
+    ``mlpbnn.pose.pckh.PckhGroundTruth``, one person per evaluation row in its order); its
+    images ``load_image`` reads (for pictures of the results)."""
 
     heatmap_shape: tuple[int, int, int]
-    val_coco: Any
+    skeleton: Any
+    benchmark: str = "coco"
+    val_coco: Any = None
+    pckh_gt: Any = None
 
     @abc.abstractmethod
     def load_image(self, image_id: int) -> np.ndarray:

@@ -56,7 +56,7 @@ from mlpbnn.data import pipeline
 from mlpbnn.data.base import HOST, Batch, KeypointsDataset, register_dataset
 from mlpbnn.data.pipeline import MEAN, STD, normalise_into, worker_processes
 from mlpbnn.pose import codec, geometry
-from mlpbnn.pose.skeleton import FLIP_INDEX, FLIP_PAIRS, JOINT_WEIGHTS
+from mlpbnn.pose.skeleton import COCO, FLIP_INDEX, Skeleton
 from mlpbnn.registry import from_section
 
 NUM_JOINTS = 17
@@ -150,10 +150,11 @@ class Records:
         return (self.scale[:, 0] * PIXEL_STD) * (self.scale[:, 1] * PIXEL_STD)
 
     @staticmethod
-    def build(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]) -> Records:
+    def build(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]],
+              num_joints: int = NUM_JOINTS) -> Records:
         if not rows:
             z = np.zeros
-            return Records(z(0, np.int64), z((0, NUM_JOINTS, 2), np.float32), z((0, NUM_JOINTS), np.float32),
+            return Records(z(0, np.int64), z((0, num_joints, 2), np.float32), z((0, num_joints), np.float32),
                            z((0, 2), np.float64), z((0, 2), np.float64), z(0, np.float64))
         ids, joints, visible, center, scale, score = zip(*rows, strict=True)
         return Records(np.asarray(ids, np.int64), np.stack(joints).astype(np.float32),
@@ -337,9 +338,9 @@ class CropConfig:
         if self.prefetch < 1:
             raise ValueError(f"prefetch: must be >= 1, got {self.prefetch}")
 
-    def crop(self, seed: int) -> Crop:
+    def crop(self, seed: int, skeleton: Skeleton = COCO) -> Crop:
         hm = self.heatmap_size or (self.image_size[0] // 4, self.image_size[1] // 4)
-        return Crop(image_size=tuple(self.image_size), heatmap_size=tuple(hm), sigma=self.sigma,
+        return Crop(image_size=tuple(self.image_size), heatmap_size=tuple(hm), sigma=self.sigma, skeleton=skeleton,
                     unbiased=self.unbiased_encoding, seed=int(seed), flip=self.flip, scale_factor=self.scale_factor,
                     rot_factor=self.rot_factor, rot_prob=self.rot_prob, half_body_prob=self.half_body_prob,
                     half_body_joints=self.half_body_joints, joint_weights=self.joint_weights)
@@ -407,7 +408,8 @@ class Crop:
     """Cropping, augmentation and targets of one example: pure functions of the image, the record
     and (training) the global stream position. Picklable: grain's workers receive it.
 
-    Sizes are (height, width): ``image_size`` the network input, ``heatmap_size`` its output."""
+    Sizes are (height, width): ``image_size`` the network input, ``heatmap_size`` its output;
+    ``skeleton`` the dataset's joints (flip pairs, half-body split, joint weights: COCO's or MPII's)."""
 
     image_size: tuple[int, int] = CropConfig.image_size
     heatmap_size: tuple[int, int] = (CropConfig.image_size[0] // 4, CropConfig.image_size[1] // 4)
@@ -421,6 +423,7 @@ class Crop:
     half_body_prob: float = CropConfig.half_body_prob
     half_body_joints: int = CropConfig.half_body_joints
     joint_weights: bool = CropConfig.joint_weights
+    skeleton: Skeleton = COCO
 
     @property
     def aspect_ratio(self) -> float:
@@ -432,12 +435,13 @@ class Crop:
 
     def train_example(self, image: np.ndarray, joints: np.ndarray, visible: np.ndarray, center: np.ndarray,
                       scale: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(uint8 crop, heatmaps (h, w, 17), target weights (17,)) of one training example."""
+        """(uint8 crop, heatmaps (h, w, K), target weights (K,)) of one training example."""
         rng = np.random.default_rng([self.seed, _AUG_KEY, int(position)])
         joints, visible = joints.astype(np.float64), visible.astype(np.float64)
         center, scale = np.array(center, np.float64), np.array(scale, np.float64)
         if visible.sum() > self.half_body_joints and rng.random() < self.half_body_prob:
-            half = geometry.half_body(joints, visible > 0, self.aspect_ratio, rng)
+            half = geometry.half_body(joints, visible > 0, self.aspect_ratio, rng,
+                                      upper_body_ids=self.skeleton.upper_body_ids)
             if half is not None:
                 center, scale = half
         sf, rf = self.scale_factor, self.rot_factor
@@ -448,7 +452,7 @@ class Crop:
             image = image[:, ::-1]
             joints = joints.copy()
             joints[:, 0] = width - joints[:, 0] - 1
-            for a, b in FLIP_PAIRS:
+            for a, b in self.skeleton.flip_pairs:
                 joints[[a, b]] = joints[[b, a]]
                 visible[[a, b]] = visible[[b, a]]
             center[0] = width - center[0] - 1
@@ -458,7 +462,7 @@ class Crop:
         heatmaps, weights = codec.encode(joints, visible, self.image_size, self.heatmap_size, self.sigma,
                                          unbiased=self.unbiased)
         if self.joint_weights:
-            weights = weights * JOINT_WEIGHTS.astype(np.float32)
+            weights = weights * np.asarray(self.skeleton.joint_weights, np.float32)
         return crop, heatmaps, weights
 
     def eval_example(self, image: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -486,9 +490,10 @@ class _Boxes:
 
     def train_batch(self, indices: np.ndarray, positions: np.ndarray) -> Batch:
         (h, w), (hh, hw) = self.crop.image_size, self.crop.heatmap_size
+        k = self.crop.skeleton.num_joints
         images = np.empty((len(indices), h, w, 3), np.float32)
-        heatmaps = np.empty((len(indices), hh, hw, NUM_JOINTS), np.float32)
-        weights = np.empty((len(indices), NUM_JOINTS), np.float32)
+        heatmaps = np.empty((len(indices), hh, hw, k), np.float32)
+        weights = np.empty((len(indices), k), np.float32)
         r = self.records
         for i, (j, p) in enumerate(zip(indices, positions, strict=True)):
             pixels, heatmaps[i], weights[i] = self.crop.train_example(
@@ -509,10 +514,44 @@ class _Boxes:
 
 
 # ----------------------------------------------------------------------------------------------
-# The dataset
+# The datasets
 
 
-class CocoKeypoints(KeypointsDataset):
+class TopDownKeypoints(KeypointsDataset):
+    """What COCO and MPII (``mlpbnn.data.mpii``) share once their annotations are ``Records``:
+    training batches from ``train_records`` on ``train_images``, evaluation batches of
+    ``eval_records`` on ``val_images``, both through ``crop`` on grain (``pipeline``: addressed
+    by position, the last evaluation batch padded and masked). A subclass sets those attributes
+    and ``name``, ``workers``, ``prefetch``."""
+
+    name: str
+    crop: Crop
+    train_records: Records
+    eval_records: Records
+    train_images: ImageSource
+    val_images: ImageSource
+    workers: int
+    prefetch: int
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        return self.val_images.load(image_id)
+
+    def train_batches(self, position: int, global_batch: int, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[tuple[Batch, int]]:
+        if not self.train_size:
+            raise ValueError(f"{self.name}: the training annotations hold no person with a labelled keypoint")
+        examples = _Boxes(self.train_records, self.train_images, self.crop)
+        yield from pipeline.train_batches(examples, self.crop.seed, position, global_batch, process_index,
+                                          process_count, self.workers, self.prefetch)
+
+    def eval_batches(self, global_batch: int, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        examples = _Boxes(self.eval_records, self.val_images, self.crop)
+        yield from pipeline.eval_batches(examples, global_batch, process_index, process_count, self.workers,
+                                         self.prefetch)
+
+
+class CocoKeypoints(TopDownKeypoints):
     """Top-down person keypoints: training on ground-truth boxes of ``train``, evaluation on the
     ``eval_boxes`` ('gt' or 'det') of ``val``; ``eval_set`` gives the same data evaluated on the
     other box source (a named evaluation, ``config.evals``: metrics ``det/AP``, ...).
@@ -521,6 +560,7 @@ class CocoKeypoints(KeypointsDataset):
     reads an evaluation image (for pictures)."""
 
     num_joints = NUM_JOINTS
+    skeleton = COCO
 
     def __init__(self, *, train_coco: Any, train_images: ImageSource, val_coco: Any, val_images: ImageSource,
                  crop: Crop, det_records: Records | None = None, eval_boxes: str = "gt", workers: int = 0,
@@ -581,9 +621,6 @@ class CocoKeypoints(KeypointsDataset):
                 f"{c.image_size[0]}x{c.image_size[1]}, heatmaps {c.heatmap_size[0]}x{c.heatmap_size[1]}, "
                 f"sigma {c.sigma}; {self.workers or 'no'} grain worker processes")
 
-    def load_image(self, image_id: int) -> np.ndarray:
-        return self.val_images.load(image_id)
-
     def eval_set(self, source: str) -> CocoKeypoints:
         """This dataset evaluated on ``source`` boxes: 'gt' (ground truth), 'det' (the detector's,
         ``data.det_file``) or '' (``data.eval_boxes``)."""
@@ -598,20 +635,6 @@ class CocoKeypoints(KeypointsDataset):
         other.eval_boxes, other.eval_records = source, self.box_records[source]
         other.eval_size = len(other.eval_records)
         return other
-
-    def train_batches(self, position: int, global_batch: int, process_index: int = 0,
-                      process_count: int = 1) -> Iterator[tuple[Batch, int]]:
-        if not self.train_size:
-            raise ValueError(f"{self.name}: the training annotations hold no person with a labelled keypoint")
-        examples = _Boxes(self.train_records, self.train_images, self.crop)
-        yield from pipeline.train_batches(examples, self.crop.seed, position, global_batch, process_index,
-                                          process_count, self.workers, self.prefetch)
-
-    def eval_batches(self, global_batch: int, process_index: int = 0,
-                     process_count: int = 1) -> Iterator[Batch]:
-        examples = _Boxes(self.eval_records, self.val_images, self.crop)
-        yield from pipeline.eval_batches(examples, global_batch, process_index, process_count, self.workers,
-                                         self.prefetch)
 
 
 def input_spec(section: CropConfig, dataset: str = "coco") -> dict[str, Any]:

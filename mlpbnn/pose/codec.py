@@ -188,11 +188,13 @@ def flip_back(heatmaps: jax.Array, flip_index: np.ndarray = FLIP_INDEX) -> jax.A
     return heatmaps[..., ::-1, :][..., np.asarray(flip_index)]
 
 
-def flip_average(heatmaps: jax.Array, flipped_output: jax.Array, shift: bool = True) -> jax.Array:
+def flip_average(heatmaps: jax.Array, flipped_output: jax.Array, shift: bool = True,
+                 flip_index: np.ndarray = FLIP_INDEX) -> jax.Array:
     """HRNet's flip test: (heatmaps + flip_back(flipped_output)) / 2, the flipped maps first shifted
     one pixel right along W where ``shift`` (``outf[..., 1:] = outf[..., :-1]``; column 0 keeps its
-    value), which undoes the half-pixel misalignment of the mirrored crop (TEST.SHIFT_HEATMAP)."""
-    flipped = flip_back(flipped_output)
+    value), which undoes the half-pixel misalignment of the mirrored crop (TEST.SHIFT_HEATMAP).
+    ``flip_index``: the dataset's left/right channel permutation (``Skeleton.flip_index``)."""
+    flipped = flip_back(flipped_output, flip_index)
     if shift:
         flipped = jnp.concatenate([flipped[..., :1, :], flipped[..., :-1, :]], axis=-2)
     return (jnp.asarray(heatmaps) + flipped) / 2

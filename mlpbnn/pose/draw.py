@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mlpbnn.pose.skeleton import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON
+from mlpbnn.pose.skeleton import COCO, Skeleton
 
 SCORE_THRESHOLD = 0.2  # predicted joints drawn above this score (HRNet's in_vis_thre)
 TITLE_PX = 28
@@ -29,15 +29,15 @@ def layout(image_shapes: Sequence[tuple[int, ...]], panel_px: int = 320, title: 
     return [TITLE_PX if title else 0, *rows]
 
 
-def _limb_color(a: int, b: int) -> str:
-    sides = {KEYPOINT_NAMES[k].split("_")[0] for k in (a, b)}  # "left", "right" or "nose"
+def _limb_color(a: int, b: int, skeleton: Skeleton = COCO) -> str:
+    sides = {skeleton.names[k].split("_")[0] for k in (a, b)}  # "left", "right" or another part
     return {"left": "tab:blue", "right": "tab:red"}.get(sides.pop(), "tab:green") if len(sides) == 1 else "tab:green"
 
 
-def _skeletons(ax, keypoints: np.ndarray, shown: np.ndarray, colors: list[str]) -> None:
+def _skeletons(ax, keypoints: np.ndarray, shown: np.ndarray, colors: list[str], skeleton: Skeleton) -> None:
     for n in range(len(keypoints)):
         points, mask = keypoints[n], shown[n]
-        for (a, b), color in zip(SKELETON, colors, strict=True):
+        for (a, b), color in zip(skeleton.limbs, colors, strict=True):
             if mask[a] and mask[b]:
                 ax.plot(points[[a, b], 0], points[[a, b], 1], color=color, linewidth=1.5)
         ax.scatter(points[mask, 0], points[mask, 1], s=9, c="white", edgecolors="black", linewidths=0.5, zorder=3)
@@ -48,11 +48,13 @@ def draw_samples(
     panels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     title: str | None = None,
     panel_px: int = 320,
+    skeleton: Skeleton = COCO,
 ) -> Path:
     """Writes a PNG: per panel ``(image HxWx3 uint8 RGB, predicted (N, K, 3) with scores,
     ground truth (M, K, 3) with visibility)`` one row, predictions left, ground truth right.
 
-    Predicted joints with score > 0.2 and limbs (``SKELETON``) between two such joints are drawn;
+    Predicted joints with score > 0.2 and limbs (``skeleton.limbs``, COCO's by default) between two
+    such joints are drawn;
     ground-truth joints with visibility > 0 likewise. The PNG is ``2 * panel_px`` wide and
     ``sum(layout(...))`` high. Returns the path.
     """
@@ -64,11 +66,12 @@ def draw_samples(
     FigureCanvasAgg(fig)
     if title:
         fig.text(0.5, 1 - 0.5 * TITLE_PX / height_px, title, ha="center", va="center", fontsize=11)
-    colors = [_limb_color(a, b) for a, b in SKELETON]
+    colors = [_limb_color(a, b, skeleton) for a, b in skeleton.limbs]
+    k = skeleton.num_joints
     top = heights[0]
     for (image, predicted, truth), row_px in zip(panels, heights[1:], strict=True):
-        predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, NUM_KEYPOINTS, 3)
-        truth = np.asarray(truth, dtype=np.float64).reshape(-1, NUM_KEYPOINTS, 3)
+        predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, k, 3)
+        truth = np.asarray(truth, dtype=np.float64).reshape(-1, k, 3)
         for column, (keypoints, shown, label) in enumerate(
             (
                 (predicted, predicted[..., 2] > SCORE_THRESHOLD, "prediction"),
@@ -78,7 +81,7 @@ def draw_samples(
             bottom = 1 - (top + row_px) / height_px
             ax = fig.add_axes((column * 0.5, bottom, 0.5, row_px / height_px))
             ax.imshow(image, aspect="auto", interpolation="bilinear")
-            _skeletons(ax, keypoints, shown, colors)
+            _skeletons(ax, keypoints, shown, colors, skeleton)
             ax.set_xlim(-0.5, image.shape[1] - 0.5)
             ax.set_ylim(image.shape[0] - 0.5, -0.5)  # keep the image frame whatever the joints
             ax.text(4, 4, label, color="white", fontsize=8, va="top", bbox={"facecolor": "black", "alpha": 0.5})
@@ -106,7 +109,7 @@ def draw_keypoints(
     wide (default the image's width) and keeps the image's aspect, plus the title band. Returns
     the path (written as ``PATH.partial``, then renamed)."""
     path = Path(path)
-    keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, NUM_KEYPOINTS, 3)
+    keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, COCO.num_joints, 3)
     width_px = int(width_px or image.shape[1])
     title_px, row_px = layout([image.shape], width_px, title)
     height_px = title_px + row_px
@@ -118,7 +121,7 @@ def draw_keypoints(
     ax.imshow(image, aspect="auto", interpolation="bilinear")
     for x, y, w, h in np.asarray(boxes if boxes is not None else np.zeros((0, 4)), np.float64).reshape(-1, 4):
         ax.plot([x, x + w, x + w, x, x], [y, y, y + h, y + h, y], color="yellow", linewidth=0.6, alpha=0.8)
-    _skeletons(ax, keypoints, keypoints[..., 2] > threshold, [_limb_color(a, b) for a, b in SKELETON])
+    _skeletons(ax, keypoints, keypoints[..., 2] > threshold, [_limb_color(a, b) for a, b in COCO.limbs], COCO)
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
     ax.set_axis_off()

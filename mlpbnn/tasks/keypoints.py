@@ -1,5 +1,5 @@
-"""Top-down keypoint estimation (COCO): heatmap regression, heatmap distillation, and COCO's
-keypoint AP through pycocotools.
+"""Top-down keypoint estimation (COCO, MPII): heatmap regression, heatmap distillation, and the
+dataset's benchmark: COCO's keypoint AP through pycocotools, or MPII's PCKh (``mlpbnn.pose.pckh``).
 
 - ``joints_mse``: HRNet's ``JointsMSELoss`` with target weights, 0.5 * mean over B*K*H*W of
   (w * (pred - gt))^2 (mmpose's ``KeypointMSELoss`` has no 0.5);
@@ -16,10 +16,14 @@ Evaluation (``eval``: ``mlpbnn.pose.eval_config.PoseEvalConfig``): the model run
 with ``flip_test``, on its mirror (flipped back with the one-pixel shift, ``shift_heatmap``);
 heatmaps are decoded on the device (``decode``: HRNet's
 argmax + quarter offset, or DARK); the host maps them to image coordinates with each crop's
-centre and scale, gathers every process's crops, rescores (box score x mean maxval above
-``in_vis_thre``), runs OKS-NMS (``oks_thre``) and pycocotools' COCOeval on process 0; every
-process returns the same ten stats (``AP`` .. ``ARl``). ``write`` saves the result JSON and a
-picture of a few evaluation images with the predicted skeletons beside the ground truth.
+centre and scale and gathers every process's crops. On COCO (``dataset.benchmark == 'coco'``) it
+rescores (box score x mean maxval above ``in_vis_thre``), runs OKS-NMS (``oks_thre``) and
+pycocotools' COCOeval on process 0; every process returns the same ten stats (``AP`` .. ``ARl``),
+the best checkpoint by ``AP``. On MPII (``'pckh'``) the persons are put back in ``valid.json``'s
+order (their ``image_id`` is that index) and scored as HRNet's ``MPIIDataset.evaluate``: ``PCKh``
+(HRNet's Mean at 0.5, the best checkpoint's metric) and HRNet's nine numbers (Head .. Ankle, Mean,
+Mean@0.1). ``write`` saves the result JSON (COCO) or HRNet's ``pred.mat`` (MPII) and a picture of
+a few evaluation images with the predicted skeletons beside the ground truth.
 """
 
 from __future__ import annotations
@@ -37,11 +41,15 @@ from mlpbnn.data.base import KeypointsDataset
 from mlpbnn.pose import codec, geometry, postprocess
 from mlpbnn.pose.eval_config import PoseEvalConfig
 from mlpbnn.pose.evaluate import STAT_NAMES
+from mlpbnn.pose.pckh import PCKH_NAMES, write_predictions
+from mlpbnn.pose.skeleton import COCO, Skeleton
 from mlpbnn.registry import from_section
 from mlpbnn.tasks.base import HOST, Evaluator, Task, allgather, gather_rows, register_task
 
 Array = jax.Array
 KD_LOSSES = ("mse", "kl")
+PCKH_METRICS: tuple[str, ...] = ("PCKh", *PCKH_NAMES)  # PCKh: HRNet's Mean (its perf indicator)
+BENCHMARKS = ("coco", "pckh")
 
 
 def joints_mse(pred: Array, target: Array, weight: Array) -> Array:
@@ -87,12 +95,13 @@ def pck(pred: Array, target: Array, threshold: float = 0.5) -> tuple[Array, Arra
 
 class KeypointsEvaluator(Evaluator):
     """Collects this process's decoded crops with their geometry; ``result`` gathers every process's
-    crops, and process 0 runs post-processing and COCOeval (numbers sent to all)."""
+    crops, and process 0 runs post-processing and COCOeval, or PCKh (numbers sent to all)."""
 
     def __init__(self, task: Keypoints):
         self.task = task
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("keypoints", "mask", *_GEOMETRY)}
         self.results: list[dict] = []
+        self.preds = np.zeros((0, task.num_joints, 3))  # PCKh: (N, K, x y score) in valid.json's order
 
     def update(self, outputs: dict[str, np.ndarray], batch: dict[str, Any]) -> None:
         self.parts["keypoints"].append(np.asarray(outputs["keypoints"], np.float64))
@@ -110,6 +119,8 @@ class KeypointsEvaluator(Evaluator):
         t = self.task
         crops = self._gathered()
         count = len(crops["image_id"])
+        if t.benchmark == "pckh":
+            return self._pckh(crops)
         stats = np.zeros(len(STAT_NAMES), np.float64)
         if jax.process_index() == 0 and count:
             self.results = t.coco_results(crops)
@@ -120,14 +131,34 @@ class KeypointsEvaluator(Evaluator):
         stats = allgather(stats)[0]  # process 0's numbers everywhere
         return {**dict(zip(STAT_NAMES, (float(v) for v in stats), strict=True)), "count": float(count)}
 
+    def _pckh(self, crops: dict[str, np.ndarray]) -> dict[str, float]:
+        t = self.task
+        order = np.argsort(crops["image_id"], kind="stable")
+        if not np.array_equal(crops["image_id"][order], np.arange(len(t.pckh_gt))):  # every process sees this
+            raise RuntimeError(f"the evaluation gave {len(order)} persons, not each of the {len(t.pckh_gt)} of "
+                               f"{t.pckh_gt.path} once")
+        stats = np.zeros(len(PCKH_NAMES), np.float64)
+        if jax.process_index() == 0:
+            self.preds = t.image_keypoints({k: v[order] for k, v in crops.items()})
+            from mlpbnn.pose import pckh
+
+            values = pckh(self.preds[..., :2], t.pckh_gt)
+            stats = np.array([values[k] for k in PCKH_NAMES], np.float64)
+        stats = allgather(stats)[0]
+        values = dict(zip(PCKH_NAMES, (float(v) for v in stats), strict=True))
+        return {"PCKh": values["Mean"], **values, "count": float(len(order))}
+
     def write(self, directory: str | Path, prefix: str = "") -> None:
-        """``{prefix}eval_results.json`` (COCO's result format) and ``{prefix}eval_samples.png``
-        (process 0, after ``result``)."""
+        """``{prefix}eval_results.json`` (COCO's result format) or ``{prefix}pred.mat`` (MPII:
+        HRNet's, 1-based pixels), and ``{prefix}eval_samples.png`` (process 0, after ``result``)."""
         import json
 
         from mlpbnn.pose.draw import draw_samples
 
         directory = Path(directory)
+        if self.task.benchmark == "pckh":
+            self._write_pckh(directory, prefix)
+            return
         path = directory / f"{prefix}eval_results.json"
         tmp = path.with_name(path.name + ".partial")
         tmp.write_text(json.dumps(self.results))
@@ -145,6 +176,19 @@ class KeypointsEvaluator(Evaluator):
         draw_samples(directory / f"{prefix}eval_samples.png", panels,
                      title=f"{self.task.describe_eval()}: predicted (left), ground truth (right)")
 
+    def _write_pckh(self, directory: Path, prefix: str) -> None:
+        from mlpbnn.pose.draw import draw_samples
+
+        t = self.task
+        write_predictions(directory / f"{prefix}pred.mat", self.preds)
+        shown = min(t.eval.samples, len(self.preds))
+        if shown <= 0 or t.load_image is None:
+            return
+        gt = np.concatenate([t.pckh_gt.joints, t.pckh_gt.visible[..., None]], axis=-1)
+        panels = [(t.load_image(i), self.preds[i:i + 1], gt[i:i + 1]) for i in range(shown)]
+        draw_samples(directory / f"{prefix}eval_samples.png", panels, skeleton=t.skeleton,
+                     title=f"{t.describe_eval()}: predicted (left), ground truth (right)")
+
 
 _GEOMETRY = ("image_id", "center", "scale", "score", "area")
 
@@ -153,7 +197,9 @@ _GEOMETRY = ("image_id", "center", "scale", "score", "area")
 class Keypoints(Task):
     """``num_joints`` heatmaps of ``heatmap_shape`` (H, W, K) regressed from ``batch['images']``
     against ``batch['heatmaps']`` with ``batch['target_weight']``; evaluated with COCOeval against
-    ``coco`` (pycocotools ``COCO``)."""
+    ``coco`` (pycocotools ``COCO``), or, where ``pckh_gt`` is given (MPII's ``gt_valid.mat``,
+    ``mlpbnn.pose.pckh.PckhGroundTruth``), by PCKh. ``skeleton``: the joints' flip pairs (flip
+    test) and limbs (pictures)."""
 
     coco: Any
     heatmap_shape: tuple[int, int, int]
@@ -164,6 +210,8 @@ class Keypoints(Task):
     temperature: float = 1.0
     samples: int = 4
     best_metric: str = "AP"
+    pckh_gt: Any = None
+    skeleton: Skeleton = COCO
 
     name = "keypoints"
     progress_metric = "pck"
@@ -171,6 +219,14 @@ class Keypoints(Task):
     def __post_init__(self) -> None:
         if self.kd_loss not in KD_LOSSES:
             raise ValueError(f"teacher.loss must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
+        if self.skeleton.num_joints != self.num_joints:
+            raise ValueError(f"the heatmaps have {self.num_joints} joints but the {self.skeleton.name} skeleton "
+                             f"{self.skeleton.num_joints}")
+
+    @property
+    def benchmark(self) -> str:
+        """'pckh' (MPII) where a PCKh ground truth is given, else 'coco'."""
+        return "pckh" if self.pckh_gt is not None else "coco"
 
     @property
     def num_joints(self) -> int:
@@ -209,7 +265,17 @@ class Keypoints(Task):
         out = apply(images)
         if not self.eval.flip_test:
             return out
-        return codec.flip_average(out, apply(images[:, :, ::-1]), shift=self.eval.shift_heatmap)
+        return codec.flip_average(out, apply(images[:, :, ::-1]), shift=self.eval.shift_heatmap,
+                                  flip_index=self.skeleton.flip_index)
+
+    def image_keypoints(self, crops: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, K, 3) image pixels and score of decoded crops: ``crops['keypoints']`` (heatmap x, y
+        and maxval) through each crop's ``center`` and ``scale`` (``geometry.to_image_coords``,
+        HRNet's ``transform_preds``)."""
+        kpts = np.asarray(crops["keypoints"], np.float64)
+        xy = geometry.to_image_coords(kpts[..., :2], np.asarray(crops["center"], np.float64),
+                                      np.asarray(crops["scale"], np.float64), self.heatmap_size_wh)
+        return np.concatenate([xy, kpts[..., 2:]], axis=-1)
 
     def coco_results(self, crops: Mapping[str, np.ndarray]) -> list[dict]:
         """COCO keypoint result entries of decoded crops (the evaluation's host side, also
@@ -218,10 +284,7 @@ class Keypoints(Task):
         (``geometry.to_image_coords``); then ``postprocess.coco_results`` with the boxes'
         ``score`` and ``area`` per ``image_id``: rescoring at ``eval.in_vis_thre``, OKS-NMS at
         ``eval.oks_thre``."""
-        kpts = np.asarray(crops["keypoints"], np.float64)
-        xy = geometry.to_image_coords(kpts[..., :2], np.asarray(crops["center"], np.float64),
-                                      np.asarray(crops["scale"], np.float64), self.heatmap_size_wh)
-        keypoints = np.concatenate([xy, kpts[..., 2:]], axis=-1)
+        keypoints = self.image_keypoints(crops)
         return postprocess.coco_results(np.asarray(crops["image_id"]).astype(np.int64), keypoints,
                                         np.asarray(crops["score"], np.float64), np.asarray(crops["area"], np.float64),
                                         self.eval.in_vis_thre, self.eval.oks_thre)
@@ -233,12 +296,15 @@ class Keypoints(Task):
 
     @property
     def eval_metrics(self) -> tuple[str, ...]:
-        return STAT_NAMES
+        return PCKH_METRICS if self.benchmark == "pckh" else STAT_NAMES
 
     def evaluator(self) -> KeypointsEvaluator:
         return KeypointsEvaluator(self)
 
     def summary(self, m: dict[str, float]) -> str:
+        if self.benchmark == "pckh":
+            parts = ", ".join(f"{k} {m[k]:.2f}" for k in PCKH_NAMES if k != "Mean")
+            return f"eval PCKh {m['PCKh']:.2f} ({parts}) on {int(m['count']):,} persons ({self.describe_eval()})"
         text = (f"eval AP {m['AP']:.4f} (AP50 {m['AP50']:.4f}, AP75 {m['AP75']:.4f}, AR {m['AR']:.4f}) on "
                 f"{int(m['count']):,} boxes ({self.describe_eval()})")
         for prefix in sorted({k.split("/")[0] for k in m if "/" in k}):
@@ -249,12 +315,17 @@ class Keypoints(Task):
 
 def from_config(config: Any, dataset: Any) -> Keypoints:
     if not isinstance(dataset, KeypointsDataset):
-        raise ValueError(f"task 'keypoints' needs a keypoints dataset (data.name 'coco' or 'pose_synthetic'), not "
-                         f"{type(dataset).__name__}")
+        raise ValueError(f"task 'keypoints' needs a keypoints dataset (data.name 'coco', 'mpii' or 'pose_synthetic'), "
+                         f"not {type(dataset).__name__}")
+    if dataset.benchmark not in BENCHMARKS:
+        raise ValueError(f"{type(dataset).__name__}: benchmark {dataset.benchmark!r} is not one of {BENCHMARKS}")
     teacher = config.teacher
+    pckh = dataset.benchmark == "pckh"
     return Keypoints(coco=dataset.val_coco, heatmap_shape=tuple(dataset.heatmap_shape), load_image=dataset.load_image,
                      eval=from_section(PoseEvalConfig, config.get("eval"), "eval"), alpha=float(teacher.alpha),
-                     kd_loss=str(teacher.get("loss", "mse")), temperature=float(teacher.temperature))
+                     kd_loss=str(teacher.get("loss", "mse")), temperature=float(teacher.temperature),
+                     best_metric="PCKh" if pckh else "AP", pckh_gt=dataset.pckh_gt if pckh else None,
+                     skeleton=dataset.skeleton)
 
 
 register_task("keypoints", from_config, sections={"eval": PoseEvalConfig})
