@@ -32,7 +32,9 @@ filters detector boxes with the same function (``read_detections``).
 
 Bad input is refused before training, naming the file and the annotation or image id: unreadable
 or malformed annotation JSON, annotations of unknown images, keypoint lists of the wrong length,
-malformed boxes, missing image files.
+malformed boxes, missing image files; and every image a box reads must decode completely
+(``mlpbnn.data.verify``: ``data.verify_images``, ``data.bad_images``). Detector boxes of
+non-positive or non-finite size are dropped with one line giving their count.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mlpbnn.data import pipeline
+from mlpbnn.data import pipeline, verify
 from mlpbnn.data.base import HOST, Batch, KeypointsDataset, register_dataset
 from mlpbnn.data.pipeline import MEAN, STD, normalise_into, worker_processes
 from mlpbnn.pose import codec, geometry
@@ -250,7 +252,7 @@ def read_detections(det_file: str | Path, image_thre: float = 0.0,
     dets = _read_json(path, "detection")
     if not isinstance(dets, list):
         raise ValueError(f"{path}: a detection file is a list of {{image_id, category_id, bbox, score}}")
-    boxes = []
+    boxes, degenerate = [], 0
     for i, det in enumerate(dets):
         if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
             raise ValueError(f"{path}: detection {i} needs image_id, bbox and score")
@@ -262,9 +264,14 @@ def read_detections(det_file: str | Path, image_thre: float = 0.0,
         if known_images is not None and det["image_id"] not in known_images:
             raise ValueError(f"{path}: detection {i} is of image {det['image_id']}, which the annotations lack")
         box = det["bbox"]
-        if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+        if not isinstance(box, list) or len(box) != 4 or not all(_number(v) or isinstance(v, float) for v in box):
             raise ValueError(f"{path}: detection {i} (image {det['image_id']}): bbox must be 4 numbers")
+        if not (all(math.isfinite(v) for v in box) and box[2] > 0 and box[3] > 0):
+            degenerate += 1  # an empty or overflowed detection: nothing to crop
+            continue
         boxes.append((int(det["image_id"]), [float(v) for v in box], float(det["score"])))
+    if degenerate:
+        _say(f"{path}: dropped {degenerate:,} detector box(es) of non-positive or non-finite size")
     return boxes
 
 
@@ -347,13 +354,14 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
-class CocoConfig(CropConfig):
+class CocoConfig(verify.VerifyConfig, CropConfig):
     """``data`` for ``coco``: the standard layout under ``dir`` (``annotations/person_keypoints_
     {train,val}2017.json``, ``{train,val}2017/*.jpg``), each path overridable (``train_ann``,
     ``val_ann``, ``train_images``, ``val_images``); ``det_file``, a person detector's boxes in
     COCO's result format (HRNet's ``COCO_val2017_detections_AP_H_56_person.json``), kept where
     their score >= ``image_thre``; ``eval_boxes``, the boxes of the main evaluation (gt | det;
-    ``config.evals`` adds evaluations on the other, ``Dataset.eval_set``)."""
+    ``config.evals`` adds evaluations on the other, ``Dataset.eval_set``); ``verify_images`` and
+    ``bad_images``, the image check before the run (``mlpbnn.data.verify.VerifyConfig``)."""
 
     dir: str = ""
     train_ann: str = ""
@@ -564,7 +572,8 @@ class CocoKeypoints(TopDownKeypoints):
 
     def __init__(self, *, train_coco: Any, train_images: ImageSource, val_coco: Any, val_images: ImageSource,
                  crop: Crop, det_records: Records | None = None, eval_boxes: str = "gt", workers: int = 0,
-                 prefetch: int = 1, name: str = "coco", check_files: bool = True):
+                 prefetch: int = 1, name: str = "coco", check_files: bool = True, verify_images: bool = True,
+                 bad_images: str = "refuse"):
         if eval_boxes == "det" and det_records is None:  # the values: CocoConfig's checks
             raise ValueError("detector boxes are evaluated but none were given (data.det_file)")
         self.name, self.crop = name, crop
@@ -580,6 +589,8 @@ class CocoKeypoints(TopDownKeypoints):
         self.train_size, self.eval_size = len(self.train_records), len(self.eval_records)
         if check_files:
             self._check_files()
+            if verify_images:  # every image a box reads decodes completely; 'skip' drops the boxes of bad ones
+                verify.verify_top_down(self, bad_images, "COCO")
 
     def _check_files(self) -> None:
         evaluated = [r for r in self.box_records.values() if r is not None]  # GT and detector boxes
@@ -609,7 +620,8 @@ class CocoKeypoints(TopDownKeypoints):
                            section.image_thre) if section.det_file else None
         return cls(train_coco=cocos["train"], train_images=images["train"], val_coco=cocos["val"],
                    val_images=images["val"], crop=crop, det_records=dets, eval_boxes=section.eval_boxes,
-                   workers=section.workers, prefetch=section.prefetch)
+                   workers=section.workers, prefetch=section.prefetch, verify_images=section.verify_images,
+                   bad_images=section.bad_images)
 
     def describe(self) -> str:
         c = self.crop
