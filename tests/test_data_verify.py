@@ -178,3 +178,24 @@ def test_without_coco_ground_truth_evaluation_images_are_not_skipped(tmp_path):
     pckh_like.val_images = coco.FileImages(str(SAMPLE), ds.val_images.file_names)
     verify.verify_top_down(pckh_like, "skip", "MPII")
     assert (pckh_like.train_size, pckh_like.eval_size) == (12 - 2 - 4, 12)
+
+
+def test_mpii_refuses_or_skips_bad_training_images_and_refuses_bad_evaluation_images(tmp_path):
+    """MPII in HRNet's layout (generated, tests/utils_mpii.py): the same check through its pipeline."""
+    from mlpbnn.data import mpii
+    from tests.utils_mpii import write_mpii
+
+    written = write_mpii(tmp_path / "mpii", num_train=7, num_val=6)  # 5 + 4 images of 1 or 2 persons
+    images = tmp_path / "mpii" / "images"
+    section = {"name": "mpii", "dir": str(tmp_path / "mpii"), "image_size": (64, 64), "workers": 0}
+    name = written["train"][1]["image"]  # the second training image: persons 1 and 2
+    data = (images / name).read_bytes()
+    (images / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(verify.BadImagesError, match=rf"1 of 9 MPII image files .*\n  {images / name}: does not decode"):
+        mpii.MpiiKeypoints.from_config(section, 0)
+    ds = mpii.MpiiKeypoints.from_config({**section, "bad_images": "skip"}, 0)
+    assert (ds.train_size, ds.eval_size) == (7 - 2, 6) and not {1, 2} & set(ds.train_records.image_id.tolist())
+    (images / written["valid"][0]["image"]).write_bytes(b"")
+    with pytest.raises(verify.BadImagesError, match=r"1 of 4 MPII evaluation image files do not decode "
+                       r"completely; MPII's benchmark scores every evaluation person"):
+        mpii.MpiiKeypoints.from_config({**section, "bad_images": "skip"}, 0)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mlpbnn.data import verify
 from mlpbnn.data.base import register_dataset
 from mlpbnn.data.coco import Crop, CropConfig, FileImages, Records, TopDownKeypoints
 from mlpbnn.data.pipeline import worker_processes
@@ -49,10 +50,12 @@ SCALE_PADDING = 1.25
 
 
 @dataclass(frozen=True)
-class MpiiConfig(CropConfig):
+class MpiiConfig(verify.VerifyConfig, CropConfig):
     """``data`` for ``mpii``: HRNet's layout under ``dir`` (``annot/{train_set,val_set}.json``,
     ``annot/gt_{val_set}.mat``, ``images/``); ``train_set`` 'train' (or HRNet's 'trainval'),
-    ``val_set`` 'valid'. The crop fields default to HRNet's MPII recipe (module docstring)."""
+    ``val_set`` 'valid'. The crop fields default to HRNet's MPII recipe (module docstring);
+    ``verify_images``, ``bad_images``: the image check before the run (``mlpbnn.data.verify``; PCKh
+    scores every evaluation person, so 'skip' drops bad training images only)."""
 
     image_size: tuple[int, int] = (256, 256)
     scale_factor: float = 0.25
@@ -139,7 +142,8 @@ class MpiiKeypoints(TopDownKeypoints):
 
     def __init__(self, *, train_entries: list[dict[str, Any]], val_entries: list[dict[str, Any]],
                  pckh_gt: PckhGroundTruth, images_dir: str, crop: Crop, color_rgb: bool = True, workers: int = 0,
-                 prefetch: int = 1, name: str = "mpii", check_files: bool = True):
+                 prefetch: int = 1, name: str = "mpii", check_files: bool = True, verify_images: bool = True,
+                 bad_images: str = "refuse"):
         if len(pckh_gt) != len(val_entries):
             raise ValueError(f"{pckh_gt.path}: {len(pckh_gt)} persons, but the evaluated annotations hold "
                              f"{len(val_entries)}: they must be the same persons in the same order")
@@ -157,6 +161,8 @@ class MpiiKeypoints(TopDownKeypoints):
                 if missing:
                     raise FileNotFoundError(f"{images.path(missing[0])}: the image of {what} entry {missing[0]} is "
                                             f"missing ({len(missing)} entries without their image)")
+            if verify_images:  # every image decodes completely; 'skip' drops the training persons of bad ones
+                verify.verify_top_down(self, bad_images, "MPII")
 
     @classmethod
     def from_config(cls, section: MpiiConfig | Mapping[str, Any], seed: int) -> MpiiKeypoints:
@@ -166,7 +172,7 @@ class MpiiKeypoints(TopDownKeypoints):
         return cls(train_entries=read_annotations(paths["train_ann"]), val_entries=read_annotations(paths["val_ann"]),
                    pckh_gt=load_ground_truth(paths["gt"]), images_dir=paths["images"],
                    crop=section.crop(seed, MPII), color_rgb=section.color_rgb, workers=section.workers,
-                   prefetch=section.prefetch)
+                   prefetch=section.prefetch, verify_images=section.verify_images, bad_images=section.bad_images)
 
     def describe(self) -> str:
         c = self.crop
