@@ -165,3 +165,20 @@ def test_bad_input_is_refused_by_name(root, tmp_path):
     (copy / "annot" / "valid.json").write_text(json.dumps([*entries[:5], {**entries[5], "image": "gone.jpg"}]))
     with pytest.raises(FileNotFoundError, match=r"images/gone.jpg: the image of val entry 5 is missing"):
         mpii.MpiiKeypoints.from_config(section(copy), 0)
+
+
+def test_the_flip_test_swaps_mpiis_left_and_right(root):
+    """Keypoints.predict on MPII: the mirrored crop's heatmaps come back with MPII's channel swap."""
+    ds = mpii.MpiiKeypoints.from_config(section(root), 0)
+    task = K.from_config(ml_collections.ConfigDict({"eval": {}, "teacher": {"alpha": 0.5, "temperature": 1.0}}), ds)
+    images = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+
+    def apply(x):  # channel k: the first colour plane at heatmap resolution, times k + 1
+        return x[:, ::4, ::4, :1] * jnp.arange(1.0, 17.0)
+
+    out = np.asarray(task.predict(apply, jnp.asarray(images)))
+    plane = images[:, ::4, ::4, 0]
+    back = images[:, :, ::-1][:, ::4, ::4, 0][:, :, ::-1]  # the mirrored crop's plane, flipped back
+    back = np.concatenate([back[:, :, :1], back[:, :, :-1]], axis=2)  # HRNet's one-pixel shift
+    for k in range(16):
+        np.testing.assert_allclose(out[..., k], (plane * (k + 1) + back * (MPII.flip_index[k] + 1)) / 2, rtol=1e-6)
