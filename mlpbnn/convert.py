@@ -24,8 +24,9 @@ binary blocks' latent weights are ``...branches.B.K.binary_conv.weights`` and th
 (``feature.N.binary_3x3``, ``bn2_1``, ``move21``, ``prelu1``; only ``feature.N`` is an index) and
 reads both released forms of its 31 binary kernels: ReActNet step 2's flat ``...weights`` of
 shape (out*in*k*k, 1) (layout ``reactnet_a``) and the 4-D ``...weight`` of ReActNet's step 1
-(real ``nn.Conv2d``) and AdamBNN (``reactnet_a_4d``); ``to_torch(..., layout=)`` writes either. Every tensor must be accounted for: a
-missing, unexpected or misshaped tensor raises ``ValueError`` naming the key and both shapes.
+(real ``nn.Conv2d``) and AdamBNN (``reactnet_a_4d``); ``to_torch(..., layout=)`` writes either.
+Every tensor must be accounted for: a missing, unexpected or misshaped tensor raises
+``ValueError`` naming the key and both shapes.
 BN ``num_batches_tracked`` counters are checked to belong to a BN layer and are otherwise unused
 (Flax's BN has no counter; ``to_torch`` writes ``num_batches_tracked``).
 
