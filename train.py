@@ -3,6 +3,11 @@
 Rerunning the same command on the same workdir resumes from its last checkpoint. Multi-host:
 pass --coordinator_address, --num_processes and --process_id (or let jax.distributed detect a
 TPU pod / SLURM job with --distributed).
+
+Exit status: 0 trained (or already finished); 1 an error, said in one line (a bad config, a
+config that contradicts the workdir's checkpoints, a workdir in use by another run, diverged
+training); 75 stopped on request (SIGTERM, SIGINT, config.max_runtime) after saving its step:
+rerun the same command to resume; 128 + N killed by signal N (a second SIGTERM or SIGINT).
 """
 
 import os
@@ -25,7 +30,11 @@ flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).")
 flags.DEFINE_bool("verbose_logs", False, "Keep absl INFO logs (orbax, jax.distributed); off: warnings only.")
+flags.DEFINE_bool("allow_config_change", False, "Resume although the config changes fields that change the "
+                  "training (seed, model, optimizer, data, ...); the change is recorded in config_history.jsonl.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_STOPPED = 75  # mlpbnn.train.stop.EXIT_STOPPED, without importing JAX for --help
 
 
 def main(argv):
@@ -42,14 +51,25 @@ def main(argv):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
-    from mlpbnn.train import run
+    from mlpbnn.train import Stopped, run
 
     try:
-        run(FLAGS.config, FLAGS.workdir)
-    except (ValueError, OSError, FloatingPointError) as e:  # ConfigError, TrainingDiverged, bad paths
+        run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    except Stopped as e:
+        print(e, flush=True)
+        sys.exit(EXIT_STOPPED)
+    except (ValueError, OSError, FloatingPointError) as e:  # ConfigError, TrainingDiverged, WorkdirBusy, paths
         if FLAGS.verbose_logs:
             raise
         sys.exit(f"error: {e}")
+
+
+def usage() -> str:
+    """--help: what the command does, its flags and the config files there are."""
+    configs = sorted(p.removesuffix(".py") for p in os.listdir(os.path.join(_ROOT, "configs"))
+                     if p.endswith(".py") and not p.startswith("_"))
+    return (f"{__doc__.strip()}\n\nConfigs (configs/NAME.py): {', '.join(configs)}\n\nFlags:\n"
+            f"{FLAGS.main_module_help()}\n")
 
 
 def _unknown_field(argv: list[str], problem: Exception) -> str:
@@ -80,6 +100,9 @@ def _unknown_field(argv: list[str], problem: Exception) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with one-line errors for overrides of fields the config lacks."""
+    if any(a in ("--help", "-h", "--helpfull", "-help") for a in argv[1:]):
+        print(usage())
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as e:

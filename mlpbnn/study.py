@@ -338,7 +338,8 @@ class Study:
             if bad and result.diverged_at[i] is None:
                 result.diverged_at[i] = first + bad[0]
                 say(f"copy {i} ({self.copies[i].label()}): non-finite loss or gradients at step {first + bad[0]}")
-            means = {key: float(np.mean([v[key][i] for v in values])) for key in values[0] if key != "nonfinite"}
+            means = {key: float(np.mean([v[key][i] for v in values])) for key in values[0]
+                     if key not in ("nonfinite", "stop")}
             means = {key: v * self._lr_metric(key, i) if key.startswith("lr/") else v for key, v in means.items()}
             means["epoch"] = step * self.config.batch_size / self.datasets[i].train_size
             result.train[i].append({"step": step, **means, "examples_per_sec": self.k * len(values) *

@@ -211,6 +211,6 @@ def test_a_changed_config_is_an_error_not_damage(tmp_path):
     run(small(num_train_steps=2), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"checkpoint 2 in .* holds the state of another model or optimizer .*"
                                           r"batch_stats/bn1/mean: stored \(8,\), the config's \(16,\)"):
-        run(small(num_train_steps=4, **{"model.width": 16}), tmp_path / "run")
+        run(small(num_train_steps=4, **{"model.width": 16}), tmp_path / "run", allow_config_change=True)
     assert not (tmp_path / "run" / "checkpoints_damaged").exists()
     assert Checkpoints(tmp_path / "run", 3).manager.all_steps() == [2]

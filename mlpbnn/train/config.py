@@ -14,6 +14,7 @@ hosts), ``num_train_steps`` (-1: from ``num_epochs``), ``log_every_steps``, ``ev
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,12 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
     return c
 
 
+def default_cache_dir() -> str:
+    """The per-user compilation cache, $XDG_CACHE_HOME/mlpbnn/jax (~/.cache/mlpbnn/jax). JAX's own
+    $JAX_COMPILATION_CACHE_DIR, where set, takes precedence (the tests' session cache)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlpbnn", "jax")
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -76,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_strict = True             # False: take the checkpoint's variables the model has (an ImageNet
                                      # backbone for a pose model), keep the others' init, ignore the rest
     c.progress_bar = True
+    c.max_runtime = 0.0              # seconds of wall time, then a graceful stop (0: no limit); for schedulers
+    # JAX's persistent compilation cache (restarts load the compiled steps); '' turns it off.
+    c.compilation_cache_dir = default_cache_dir()
+    c.profile_steps = 0              # >0: a jax.profiler trace of that many steps in workdir/profile
     # Named evaluations beside the main one (mlpbnn.train.evaluation.EvalEntry), e.g. COCO's
     # detector boxes at the end: c.evals.det = {"source": "det", "every_steps": 0}.
     c.evals = ml_collections.ConfigDict()
@@ -267,6 +278,13 @@ def validate(config: Any, device_count: int, process_count: int = 1) -> None:
     _positive(config, "eval_batch_size", allow=(-1,))
     _positive(config, "eval_every_steps", allow=(-1,))
     _positive(config, "num_train_steps", allow=(-1,))
+    runtime = config.max_runtime
+    if not isinstance(runtime, int | float) or isinstance(runtime, bool) or not 0 <= runtime < math.inf:
+        _fail("max_runtime", f"must be a finite number of seconds >= 0 (0: no limit), got {runtime!r}")
+    if not isinstance(config.profile_steps, int) or isinstance(config.profile_steps, bool) or config.profile_steps < 0:
+        _fail("profile_steps", f"must be an integer >= 0 (0: no trace), got {config.profile_steps!r}")
+    if not isinstance(config.compilation_cache_dir, str):
+        _fail("compilation_cache_dir", f"must be a directory path or '' (off), got {config.compilation_cache_dir!r}")
     if config.num_train_steps == -1:
         _positive(config, "num_epochs")
     for name, section in config.get("evals", {}).items():

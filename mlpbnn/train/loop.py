@@ -2,10 +2,13 @@
 state -> steps with periodic actions (log, evaluate, checkpoint); resumes from ``workdir`` when a
 checkpoint is there.
 
-``Trainer.run`` reads top to bottom: ``_restore`` finds where a previous run stopped,
-``_setup_stage`` builds one stage's model, optimizer, state and compiled steps, ``_train`` runs
-its steps, ``_periodic`` does what is due after a step, ``_finish`` evaluates and exports. One
-``ExitStack`` closes the progress bar, checkpoints and metric writer on every path.
+``Trainer.run`` reads top to bottom: it locks the workdir and checks its config record
+(``workdir``), ``_resume`` finds where a previous run stopped, ``_setup_stage`` builds one
+stage's model, optimizer, state and compiled steps, ``_train`` runs its steps, ``_periodic`` does
+what is due after a step, ``_finish`` evaluates and exports. One ``ExitStack`` closes the
+progress bar, checkpoints, metric writer, signal handlers and lock on every path. A stop request
+(``stop``: SIGTERM, SIGINT, ``max_runtime``) ends the run after the current step with a
+checkpoint of it and raises ``Stopped``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -32,11 +37,13 @@ from mlpbnn.data.base import data_sharding, to_global
 from mlpbnn.registry import from_section
 from mlpbnn.tasks.base import local_rows
 from mlpbnn.train import evaluation, optim
+from mlpbnn.train import workdir as wd
 from mlpbnn.train.checkpoint import CheckpointMismatch, Checkpoints
 from mlpbnn.train.config import ConfigError, eval_batch_size, is_binary, model_kwargs, total_steps, validate
 from mlpbnn.train.evaluation import EvalEntry
 from mlpbnn.train.metrics import MetricWriter, parameter_overview
 from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
+from mlpbnn.train.stop import Stopped, StopRequests, pack_pending, unpack_pending
 from mlpbnn.variables_io import load_variables, save_variables
 
 
@@ -101,6 +108,27 @@ def _finish_saves(ckpts: Checkpoints) -> Any:
         return False
 
     return exit_
+
+
+def use_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in ``directory`` ('' turns it off): a restarted or
+    resumed run loads its compiled steps instead of compiling them again. JAX reads the setting
+    at its first compilation in the process; a later change of directory is reported. JAX's own
+    ``JAX_COMPILATION_CACHE_DIR``, where set, wins."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    if not directory:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    path = os.path.abspath(os.path.expanduser(directory))
+    current = jax.config.jax_compilation_cache_dir
+    if current and os.path.abspath(current) != path:
+        say(f"note: the compilation cache is already {current} in this process; {path} is not used")
+        return
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # not the many tiny ones
 
 
 def host(tree: Any) -> Any:
@@ -185,11 +213,16 @@ def load_teacher(config: Any, task: tasks.Task, mesh: Mesh) -> tuple[Any, Any]:
 class Trainer:
     """One run in ``workdir``; ``run()`` trains, evaluates and returns the final eval metrics."""
 
-    def __init__(self, config: Any, workdir: str | Path):
+    def __init__(self, config: Any, workdir: str | Path, allow_config_change: bool = False):
         self.config = config
         self.workdir = Path(workdir).absolute()  # orbax refuses relative paths
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise NotADirectoryError(f"workdir {self.workdir} is a file, not a directory; pass a new directory "
+                                     "or a run's workdir")
+        self.allow_config_change = allow_config_change
         self.pi, self.pc = jax.process_index(), jax.process_count()
         validate(config, jax.device_count(), self.pc)
+        use_compilation_cache(config.compilation_cache_dir)
         self.dataset = data.create(config.data, config.seed)
         try:
             self.task = tasks.create(config, self.dataset)
@@ -217,6 +250,9 @@ class Trainer:
         self.teacher: Any = None
         self.teacher_vars: Any = None
         self._best_step: int | None = None
+        self.stop = StopRequests(config.max_runtime, say)
+        self._stop_flag: Any = None       # the reduced stop flag of the newest dispatched step
+        self._resumed_pending: list[dict] = []  # a stopped run's unlogged steps, from its checkpoint
 
     # ------------------------------------------------------------------ setup
 
@@ -245,6 +281,7 @@ class Trainer:
                     meta = ckpts.restore_meta(latest)
                     step, position, index = int(meta["step"]), int(meta["position"]), int(meta["stage"])
                     stage = self.stages[index]
+                    self._resumed_pending = unpack_pending(meta.get("pending", {}))
                 except Exception as e:  # noqa: BLE001 - JSON, orbax and key errors alike mean damage
                     raise DamagedCheckpoint(latest, e) from e
                 run = self._setup_stage(stage, step, None, ckpts, restore=latest)
@@ -297,13 +334,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics and eval
 
-    def _flush(self, pending: list[dict], step: int, t0: float, writer: MetricWriter,
-               bar: tqdm) -> dict[str, float]:
+    def _flush(self, pending: list[dict], step: int, t0: float, writer: MetricWriter, bar: tqdm,
+               timed: int) -> dict[str, float]:
+        """Logs the means of ``pending``; the rates are of its last ``timed`` steps, run since ``t0``
+        (the others came from a stopped run's checkpoint)."""
         values = self._check_finite(pending, step)  # waits for the steps: the rate below is of computed steps
         seconds = time.perf_counter() - t0
-        means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != "nonfinite"}
-        means["steps_per_sec"] = len(values) / seconds
-        means["examples_per_sec"] = len(values) * self.config.batch_size / seconds
+        means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k not in ("nonfinite", "stop")}
+        means["steps_per_sec"] = timed / seconds
+        means["examples_per_sec"] = timed * self.config.batch_size / seconds
         means["epoch"] = step * self.config.batch_size / self.dataset.train_size
         writer.write(step, "train", means)
         shown = self.task.progress_metric
@@ -314,7 +353,7 @@ class Trainer:
     def _check_finite(self, pending: list[dict], step: int) -> list[dict]:
         """The pending steps' metrics on the host; TrainingDiverged if any step was not finite."""
         values = jax.device_get(pending)
-        bad = [i for i, v in enumerate(values) if v["nonfinite"] or not math.isfinite(v["loss"])]
+        bad = [i for i, v in enumerate(values) if v["nonfinite"] or not math.isfinite(float(v["loss"]))]
         if bad:
             first = step - len(values) + 1
             raise TrainingDiverged(
@@ -358,15 +397,55 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
+    def _lock(self, stack: contextlib.ExitStack) -> None:
+        """The workdir's lock, taken by process 0 for the run (``workdir.Lock``); every process
+        learns whether it was free, so all refuse together."""
+        error = ""
+        if self.pi == 0:
+            lock = wd.Lock(self.workdir)
+            try:
+                lock.acquire()
+                stack.callback(lock.release)
+            except wd.WorkdirBusy as e:
+                error = str(e)
+        if self.pc > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(bool(error)))) and not error:
+            error = f"workdir {self.workdir} is in use by another run (process 0 found its lock held)"
+        if error:
+            raise wd.WorkdirBusy(error)
+
+    def _check_record(self, ckpts: Checkpoints) -> dict[str, float] | None:
+        """The config record: started when there is no checkpoint, else compared (``workdir``).
+        Returns the final metrics of a run that already finished, else None."""
+        latest = ckpts.latest_step()
+        config_json = self.config.to_json_best_effort(indent=2)
+        if latest is None:
+            if self.pi == 0:
+                wd.start_record(self.workdir, config_json)
+            return None
+        changed = wd.check_config(self.workdir, config_json, latest, self.allow_config_change, self.pi == 0)
+        if changed:
+            say(f"config changed since the checkpoints (recorded in {wd.HISTORY}): "
+                + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changed.items()))
+        summary_file = self.workdir / "final_metrics.json"
+        if latest == self.total and summary_file.exists():
+            summary = json.loads(summary_file.read_text())
+            if summary.get("step") == self.total:
+                say(f"the run in {self.workdir} is finished (step {self.total}; final_metrics.json): nothing to do")
+                return summary["eval"]
+        return None
+
     def run(self) -> dict[str, float]:
         config, workdir = self.config, self.workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        if self.pi == 0:
-            (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
         with contextlib.ExitStack() as stack:
+            self._lock(stack)
+            stack.enter_context(self.stop)  # SIGTERM / SIGINT: a stop after the current step
             ckpts = Checkpoints(workdir, config.keep_checkpoints, self.best_metric,
                                 self.task.metric_mode(self.best_metric))
             stack.push(_finish_saves(ckpts))
+            finished = self._check_record(ckpts)
+            if finished is not None:
+                return finished
             writer = MetricWriter(workdir, active=self.pi == 0)
             stack.callback(writer.close)
             say(self.dataset.describe() + f"; task {self.task.name}; {self.total:,} steps of {config.batch_size} "
@@ -389,6 +468,8 @@ class Trainer:
                                file=sys.stdout, disable=self.pi != 0 or not config.progress_bar)
                     stack.callback(bar.close)
                 step, position, final_train = self._train(run, step, position, ckpts, writer, bar)
+                if self._agreed_stop(self._stop_flag):  # asked during the stage's last step
+                    self._stop_now(run, step, position, ckpts, [])
             final = self._finish(run, step, position, ckpts, writer)
         summary = {"step": step, "eval": final, "train": final_train, "best_step": self._best_step}
         if self.pi == 0:
@@ -404,28 +485,52 @@ class Trainer:
         # dispatched before the previous one finished can starve it and deadlock the all-reduce.
         serialize = jax.default_backend() == "cpu" and jax.local_device_count() > 1
         batches = self.dataset.train_batches(position, config.batch_size, self.pi, self.pc)
-        pending: list[dict] = []
+        pending, self._resumed_pending = self._resumed_pending, []  # a stopped run's unlogged steps
         logged: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0, timed, first = time.perf_counter(), 0, step
+        profile = Profile(self.workdir / "profile", first + 1, config.profile_steps)
         try:
             while step < stage.end:
                 batch, position = next(batches)
+                batch = {**batch, "stop": self.stop.flag(len(batch["images"]))}
+                previous = self._stop_flag
+                profile.before(step)
                 run.state, metrics = run.train_step(run.state, to_global(batch, self.mesh), self.teacher_vars)
+                self._stop_flag = metrics["stop"]
                 if serialize:
                     jax.block_until_ready(metrics)
                 pending.append(metrics)
-                step += 1
+                step, timed = step + 1, timed + 1
                 bar.update(1)
+                profile.after(step, metrics)
                 if step % config.log_every_steps == 0 or step == stage.end:
-                    logged = self._flush(pending, step, t0, writer, bar)
+                    logged = self._flush(pending, step, t0, writer, bar, timed)
                     pending = []
                 if self._periodic(run, step, position, ckpts, writer, pending) or not pending:
-                    t0 = time.perf_counter()  # the logged rate is of training steps only
+                    t0, timed = time.perf_counter(), 0  # the logged rate is of training steps only
+                # The flag of the step before this one: read while this one runs, the same on every
+                # process, so every process stops here.
+                if self._agreed_stop(previous):
+                    self._stop_now(run, step, position, ckpts, pending)
         finally:
+            profile.close()
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
         return step, position, logged
+
+    def _agreed_stop(self, flag: Any) -> bool:
+        """Whether a step's reduced stop flag (replicated: the same on every process) is set."""
+        return flag is not None and bool(np.asarray(flag.addressable_data(0)))
+
+    def _stop_now(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, pending: list[dict]) -> None:
+        """Saves step ``step`` (with the metrics of its unlogged steps, which the resumed run logs)
+        unless it was just saved, and raises ``Stopped``; the ExitStack waits for the save."""
+        values = self._check_finite(pending, step) if pending else []
+        if ckpts.latest_step() != step:
+            ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index,
+                                         "pending": pack_pending(values)})
+        raise Stopped(step, self.stop.cause or "a stop request of another process")
 
     def _periodic(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, writer: MetricWriter,
                   pending: list[dict]) -> bool:
@@ -442,6 +547,10 @@ class Trainer:
             writer.write(step, "eval", metrics)
         if evaluate or save:
             ckpts.save(step, run.state, {"step": step, "position": position, "stage": run.stage.index}, metrics)
+        if metrics is not None:
+            best = ckpts.best_step()
+            say(f"step {step}: {self.task.summary(metrics)}"
+                + (f" (best {self.best_metric} so far: step {best})" if best is not None else ""))
         return evaluate or save
 
     def _finish(self, run: StageRun, step: int, position: int, ckpts: Checkpoints,
@@ -488,6 +597,36 @@ class Trainer:
         save_variables(self.workdir / "variables", tree, self.config.model.name, kwargs)
 
 
-def run(config: Any, workdir: str | Path) -> dict[str, float]:
-    """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final eval metrics."""
-    return Trainer(config, workdir).run()
+class Profile:
+    """``config.profile_steps`` steps traced with ``jax.profiler`` (for TensorBoard's profile
+    plugin) into ``directory``, starting at step ``start``: the second step of this start, so
+    that compilation is not in the trace."""
+
+    def __init__(self, directory: Path, start: int, steps: int):
+        self.directory, self.start, self.end = directory, start, start + steps
+        self.active = False
+        self.on = steps > 0
+
+    def before(self, step: int) -> None:
+        if self.on and step == self.start and not self.active:
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def after(self, step: int, metrics: Any) -> None:
+        if self.active and step >= self.end:
+            jax.block_until_ready(metrics)
+            self.close()
+            say(f"profile of steps {self.start + 1}..{self.end} written to {self.directory} (tensorboard --logdir "
+                f"{self.directory})")
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active, self.on = False, False
+
+
+def run(config: Any, workdir: str | Path, allow_config_change: bool = False) -> dict[str, float]:
+    """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final eval
+    metrics. Raises ``Stopped`` after a requested stop (SIGTERM, SIGINT, ``max_runtime``) saved
+    its step; ``allow_config_change`` accepts a resume whose config changes the trajectory."""
+    return Trainer(config, workdir, allow_config_change).run()

@@ -52,10 +52,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Ta
                     teacher: nn.Module | None = None) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
     """(state, global batch, teacher variables) -> (new state, metrics): the task's loss and
     metrics plus grad_norm, flip_ratio (of the binary weights' forward values), the learning
-    rates used, and ``nonfinite`` (1 where the loss or a gradient is not finite)."""
+    rates used, ``nonfinite`` (1 where the loss or a gradient is not finite) and ``stop`` (the
+    largest of the batch's optional ``stop`` field: any process asked to stop)."""
 
     def step(state: TrainState, batch: dict[str, Array], teacher_vars: Any) -> tuple[TrainState, dict]:
         progress = state.step.astype(jnp.float32) / total_steps  # for scheduled estimators
+        # Each process's graceful-stop flag (mlpbnn.train.stop), reduced over the global batch:
+        # every process reads the same value, so all stop after the same step.
+        batch = dict(batch)
+        stop = jnp.max(batch.pop("stop")) if "stop" in batch else jnp.zeros((), jnp.int32)
         images = batch["images"]
         teacher_out = None
         if teacher is not None:
@@ -81,6 +86,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Ta
             "grad_norm": optax.tree.norm(grads),
             "flip_ratio": L.flip_ratio(*signs),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
+            "stop": stop,
             **{f"lr/{k}": v for k, v in optim.learning_rates(opt_state).items()},
         }
         new_state = state.replace(step=state.step + 1, params=trainable["params"], estimator=trainable["estimator"],
