@@ -74,7 +74,7 @@ def test_imagenet_recipe_end_to_end_and_on_two_processes(ilsvrc, tmp_path):
     train("configs/bireal18_imagenet.py", two, *imagenet_flags(ilsvrc, 4), processes=2)
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5, atol=1e-6)
     # Resume: the same command with more steps continues from the checkpoint at step 4.
-    log = train("configs/bireal18_imagenet.py", one, *imagenet_flags(ilsvrc, 6))
+    log = train("configs/bireal18_imagenet.py", one, *imagenet_flags(ilsvrc, 6), "--allow_config_change")
     assert "at step 4" in log
     assert Checkpoints(one, 3).latest_step() == 6
     assert [r["step"] for r in read_metrics(one, "train")] == [1, 2, 3, 4, 5, 6]

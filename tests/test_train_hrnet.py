@@ -51,8 +51,8 @@ def test_bhrnet_recipe_distils_from_an_hrnet_teacher_and_resumes(tmp_path):
     final = json.loads((run / "final_metrics.json").read_text())["eval"]
     assert final["count"] == 12 and final["det/count"] == 118
     assert all(np.isfinite(final[k]) for k in STAT_NAMES)
-    # The same command with more steps resumes from step 6 and continues.
-    again = cli(run, *flags(tmp_path / "teacher", 8), config="configs/bhrnet_w32_coco.py")
+    # The same command with more steps (a changed schedule: accepted explicitly) resumes from step 6.
+    again = cli(run, *flags(tmp_path / "teacher", 8), "--allow_config_change", config="configs/bhrnet_w32_coco.py")
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "at step 6" in again.stdout + again.stderr
     assert [r["step"] for r in read_metrics(run, "train")] == list(range(1, 9))

@@ -33,7 +33,7 @@ HISTORY = "config_history.jsonl"
 FREE = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
         "eval_batch_size", "num_devices", "evals", "best_metric", "eval", "init_checkpoint", "init_strict",
         "max_runtime", "compilation_cache_dir", "profile_steps", "data.workers", "data.prefetch", "data.dir",
-        "data.verify_images")
+        "data.data_dir", "data.verify_images")
 
 
 class WorkdirBusy(OSError):
