@@ -422,6 +422,14 @@ def test_binary_layer_paths_equal_the_complexity_count(name, kw):
     found = L.binary_layer_paths(model, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
     assert found == old
     stages = model.backbone.stage_sizes
+    if name == "reactnet_a":  # one binary 3x3 and one or two (doubling) 1x1 binary convs per block
+        blocks = {p.split("/")[0] for p in found}
+        assert blocks == {f"feature_{i + 1}" for i in range(sum(stages))}
+        kinds = {p.split("/")[1] for p in found}
+        assert "binary_3x3" in kinds and kinds <= {"binary_3x3", "binary_pw", "binary_pw_down1", "binary_pw_down2"}
+        assert len(found) == sum(stages) + sum(f"{b}/binary_pw" in found for b in blocks) + 2 * sum(
+            f"{b}/binary_pw_down1" in found for b in blocks)
+        return
     head = {"deconv_layers_0", "deconv_layers_3", "deconv_layers_6"} if models.info(name).head == "heatmap" else set()
     assert found == {f"layer{i + 1}_{j}/binary_conv" for i, n in enumerate(stages) for j in range(n)} | head
 
