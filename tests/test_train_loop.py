@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
-import time
 from pathlib import Path
 
 import jax
@@ -22,7 +20,7 @@ from mlpbnn.train import TrainingDiverged, run
 from mlpbnn.train.checkpoint import Checkpoints
 from mlpbnn.train.metrics import read_metrics
 from mlpbnn.variables_io import load_variables, save_variables
-from tests.utils_train import SMALL_CLI, cli, tiny
+from tests.utils_train import SMALL_CLI, cli, kill_after_checkpoint, tiny
 
 
 @pytest.mark.slow
@@ -54,13 +52,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     assert whole.returncode == 0, whole.stderr
     victim = tmp_path / "victim"
     proc = cli(victim, *SMALL_CLI, wait=False)
-    deadline = time.time() + 300
-    while not (victim / "checkpoints" / "4").is_dir():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(proc, victim, 4, timeout=300)
     assert not (victim / "final_metrics.json").exists(), "the run finished before it could be killed"
     killed_at = Checkpoints(victim, 3).latest_step()
     assert killed_at is not None and killed_at < 40

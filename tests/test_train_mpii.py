@@ -6,9 +6,6 @@ rounding)."""
 
 from __future__ import annotations
 
-import signal
-import time
-
 import numpy as np
 import pytest
 from scipy.io import loadmat
@@ -18,7 +15,7 @@ from mlpbnn.train.checkpoint import Checkpoints
 from mlpbnn.train.metrics import read_metrics
 from tests.test_train_pose import _final, _log
 from tests.utils_mpii import write_mpii
-from tests.utils_train import cli, train
+from tests.utils_train import cli, kill_after_checkpoint, train
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/sbpn_mpii.py"
@@ -50,13 +47,7 @@ def test_sbpn_mpii_recipe_trains_evaluates_pckh_resumes_and_runs_on_two_processe
 
     victim = tmp_path / "victim"
     proc = cli(victim, *flags(root), config=CONFIG, wait=False)
-    deadline = time.time() + 600
-    while not (victim / "checkpoints" / "2").is_dir():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(proc, victim, 2)
     assert not (victim / "final_metrics.json").exists(), "the run finished before it could be killed"
     killed_at = Checkpoints(victim, 3).latest_step()
     again = cli(victim, *flags(root), config=CONFIG)

@@ -8,8 +8,6 @@ processes' checkpoint."""
 from __future__ import annotations
 
 import json
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 from mlpbnn.pose.evaluate import STAT_NAMES
 from mlpbnn.train.checkpoint import Checkpoints
 from mlpbnn.train.metrics import read_metrics
-from tests.utils_train import cli, train
+from tests.utils_train import cli, kill_after_checkpoint, train
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SAMPLE / "test_coco.json").is_file(),
@@ -64,13 +62,7 @@ def test_sbpn_recipe_on_the_real_sample_resumes_exactly_after_sigkill(tmp_path):
 
     victim = tmp_path / "victim"
     proc = cli(victim, *flags(), config=CONFIG, wait=False)
-    deadline = time.time() + 600
-    while not (victim / "checkpoints" / "2").is_dir():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(proc, victim, 2)
     assert not (victim / "final_metrics.json").exists(), "the run finished before it could be killed"
     killed_at = Checkpoints(victim, 3).latest_step()
     again = cli(victim, *flags(), config=CONFIG)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlpbnn.train import base_config
@@ -49,6 +51,18 @@ def cli(workdir: Path, *flags: str, devices: int = 1, wait: bool = True, cwd: Pa
 
 SMALL_CLI = ("--config.model.width=8", "--config.batch_size=32", "--config.num_train_steps=40",
              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1")
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 600) -> None:
+    """SIGKILLs a train.py process as soon as its checkpoint ``step`` exists; fails if the run ends
+    first (the caller checks that it did not finish)."""
+    deadline = time.time() + timeout
+    while not (workdir / "checkpoints" / str(step)).is_dir():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def _free_port() -> int:
