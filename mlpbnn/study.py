@@ -47,7 +47,7 @@ from mlpbnn.data.base import HOST, Dataset
 from mlpbnn.train import optim
 from mlpbnn.train.config import ConfigError, model_kwargs, total_steps, validate
 from mlpbnn.train.evaluation import evaluate
-from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
+from mlpbnn.train.step import FLAGS, TrainState, make_eval_step, make_train_step
 
 Array = jax.Array
 
@@ -338,8 +338,7 @@ class Study:
             if bad and result.diverged_at[i] is None:
                 result.diverged_at[i] = first + bad[0]
                 say(f"copy {i} ({self.copies[i].label()}): non-finite loss or gradients at step {first + bad[0]}")
-            means = {key: float(np.mean([v[key][i] for v in values])) for key in values[0]
-                     if key not in ("nonfinite", "stop")}
+            means = {key: float(np.mean([v[key][i] for v in values])) for key in values[0] if key not in FLAGS}
             means = {key: v * self._lr_metric(key, i) if key.startswith("lr/") else v for key, v in means.items()}
             means["epoch"] = step * self.config.batch_size / self.datasets[i].train_size
             result.train[i].append({"step": step, **means, "examples_per_sec": self.k * len(values) *

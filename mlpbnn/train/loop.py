@@ -42,7 +42,7 @@ from mlpbnn.train.checkpoint import CheckpointMismatch, Checkpoints
 from mlpbnn.train.config import ConfigError, eval_batch_size, is_binary, model_kwargs, total_steps, validate
 from mlpbnn.train.evaluation import EvalEntry
 from mlpbnn.train.metrics import MetricWriter, parameter_overview
-from mlpbnn.train.step import TrainState, make_eval_step, make_train_step
+from mlpbnn.train.step import FLAGS, TrainState, make_eval_step, make_train_step
 from mlpbnn.train.stop import Stopped, StopRequests, pack_pending, unpack_pending
 from mlpbnn.variables_io import load_variables, save_variables
 
@@ -340,7 +340,7 @@ class Trainer:
         (the others came from a stopped run's checkpoint)."""
         values = self._check_finite(pending, step)  # waits for the steps: the rate below is of computed steps
         seconds = time.perf_counter() - t0
-        means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k not in ("nonfinite", "stop")}
+        means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k not in FLAGS}
         means["steps_per_sec"] = timed / seconds
         means["examples_per_sec"] = timed * self.config.batch_size / seconds
         means["epoch"] = step * self.config.batch_size / self.dataset.train_size
@@ -521,7 +521,7 @@ class Trainer:
 
     def _agreed_stop(self, flag: Any) -> bool:
         """Whether a step's reduced stop flag (replicated: the same on every process) is set."""
-        return flag is not None and bool(np.asarray(flag.addressable_data(0)))
+        return flag is not None and bool(host(flag))
 
     def _stop_now(self, run: StageRun, step: int, position: int, ckpts: Checkpoints, pending: list[dict]) -> None:
         """Saves step ``step`` (with the metrics of its unlogged steps, which the resumed run logs)

@@ -22,6 +22,8 @@ from mlpbnn.tasks import Task
 from mlpbnn.train import optim
 
 Array = jax.Array
+# Metrics of the train step that are control flags for the loop, not values to log.
+FLAGS = ("nonfinite", "stop")
 
 
 @flax.struct.dataclass
