@@ -150,28 +150,9 @@ def xnor_conv(xbits: Array, wbits: Array, n_bits: int, kernel_size: Sequence[int
       n_bits: K = kh * kw * C, the number of real +-1 products per output.
       layout: 'direct' (one fusion over (N, Ho, Wo, O)) or 'blocked' (output channel blocks of
         ``block`` outermost, so that a block's weights stay in cache; then transposed back).
-    Returns (N, Ho, Wo, O) int32 = K - 2 * popcount(x XOR w) summed over taps and words.
-
-    The output channels are computed in two parts (the first a multiple of 16 channels where
-    O >= 32) joined by a concatenation, because the concatenation is where XLA:CPU stores the
-    result. Without it XLA fuses the elementwise popcount sum into every consumer: a chain of
-    binary blocks whose outputs feed both the next sign and a shortcut add becomes one fusion
-    that recomputes every earlier conv in every later consumer (quadratic in the chain) with
-    scalar code. ``optimization_barrier`` cannot stop this, as XLA:CPU removes it before fusion.
-    Full ReActNet-A at 224, batch 1: 154 ms without the split, 47 ms with it; the ResNet and
-    pose programs lose 4-7% and compile longer (README, "Packed inference and latency").
+    Returns (N, Ho, Wo, O) int32 = K - 2 * popcount(x XOR w) summed over taps and words: one
+    elementwise fusion, which XLA may fuse into its consumers (``stored_xnor_conv`` prevents it).
     """
-    o = wbits.shape[-1]
-    if o < 2:
-        return _xnor_conv(xbits, wbits, n_bits, kernel_size, strides, layout, block)
-    h = -(-(o // 2) // 16) * 16 if o >= 32 else o // 2
-    return jnp.concatenate([_xnor_conv(xbits, wbits[..., :h], n_bits, kernel_size, strides, layout, block),
-                            _xnor_conv(xbits, wbits[..., h:], n_bits, kernel_size, strides, layout, block)], axis=-1)
-
-
-def _xnor_conv(xbits: Array, wbits: Array, n_bits: int, kernel_size: Sequence[int], strides: Sequence[int],
-               layout: str, block: int) -> Array:
-    """``xnor_conv`` of one part of the output channels, one elementwise fusion."""
     kh, kw = kernel_size
     sh, sw = strides
     n, h, w, cw = xbits.shape
@@ -200,6 +181,29 @@ def _xnor_conv(xbits: Array, wbits: Array, n_bits: int, kernel_size: Sequence[in
     return out
 
 
+def stored_xnor_conv(xbits: Array, wbits: Array, n_bits: int, kernel_size: Sequence[int],
+                     strides: Sequence[int], layout: str = "direct", block: int = 64) -> Array:
+    """``xnor_conv`` whose result XLA:CPU stores rather than fusing it into its consumers.
+
+    The output channels are computed in two parts (multiples of ``block`` for the blocked layout
+    where the channels allow, else the first a multiple of 16 from 32 channels on) joined by a
+    concatenation: XLA:CPU materializes a concatenation. ``optimization_barrier`` cannot do this,
+    as XLA:CPU removes it before fusion. Where the popcount sum is fused instead, a chain of
+    binary blocks whose outputs feed both the next sign and a shortcut add becomes one fusion
+    that recomputes every earlier conv in every later consumer, in scalar code (``run_program``'s
+    ``store``; README, "Packed inference and latency").
+    """
+    o = wbits.shape[-1]
+    if o < 2:
+        return xnor_conv(xbits, wbits, n_bits, kernel_size, strides, layout, block)
+    if layout == "blocked" and o % block == 0 and o >= 2 * block:
+        h = block * (o // block // 2)
+    else:
+        h = -(-(o // 2) // 16) * 16 if o >= 32 else o // 2
+    return jnp.concatenate([xnor_conv(xbits, wbits[..., :h], n_bits, kernel_size, strides, layout, block),
+                            xnor_conv(xbits, wbits[..., h:], n_bits, kernel_size, strides, layout, block)], axis=-1)
+
+
 def border_correction(wsum: np.ndarray, in_hw: Sequence[int], strides: Sequence[int],
                       padding: Sequence[Sequence[int]], pad_sign: float = 1.0) -> np.ndarray:
     """What padding with ``pad_sign`` (+-1) adds to each output of a conv whose exact padding is 0.
@@ -222,12 +226,12 @@ def border_correction(wsum: np.ndarray, in_hw: Sequence[int], strides: Sequence[
 
 def binary_conv(x: Array, bits: Array, in_channels: int, kernel_size: Sequence[int], strides: Sequence[int],
                 padding: Sequence[Sequence[int]], pad_value: float, sign_zero: float = 1.0,
-                wsum: np.ndarray | None = None, layout: str = "direct") -> Array:
+                wsum: np.ndarray | None = None, layout: str = "direct", store: bool = False) -> Array:
     """The integer conv(sign(x), w) of a binary layer, its padding value ``pad_value`` exact.
 
     ``x`` is real (N, H, W, C); its signs are packed, padded spatially (with ``pad_value``, or with
     +1 and then corrected by ``border_correction`` of ``wsum`` when ``pad_value`` is 0) and
-    convolved by ``xnor_conv``. Returns int32 (N, Ho, Wo, O).
+    convolved by ``xnor_conv`` (``stored_xnor_conv`` with ``store``). Returns int32 (N, Ho, Wo, O).
     """
     (pt, pb), (pl, pr) = padding
     padded = any((pt, pb, pl, pr))
@@ -252,7 +256,7 @@ def binary_conv(x: Array, bits: Array, in_channels: int, kernel_size: Sequence[i
             inside[pt:pt + h, pl:pl + w] = True
             xb = jnp.where(inside, xb, jnp.asarray(word))
     kh, kw = kernel_size
-    acc = xnor_conv(xb, bits, kh * kw * in_channels, kernel_size, strides, layout)
+    acc = (stored_xnor_conv if store else xnor_conv)(xb, bits, kh * kw * in_channels, kernel_size, strides, layout)
     if padded and pad_value == 0.0:
         corr = border_correction(wsum, x.shape[1:3], strides, padding)
         acc = acc - jnp.asarray(corr.astype(np.int32))
@@ -423,9 +427,81 @@ def float_binary_conv(x: Array, weights: Array, strides: Sequence[int], padding:
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+STORE = ("auto", "all", "none")
+
+
+# Ops XLA fuses into their consumers (elementwise, or broadcasts): a binary op's popcount sum
+# passes through them into every consumer fusion unless it is stored.
+ELEMENTWISE_OPS = ("affine", "bias", "prelu", "relu", "add", "channel_repeat")
+
+
+def stored_ops(program: Mapping[str, Any], store: str = "auto") -> set[str]:
+    """The ``dst`` of the binary ops whose accumulator ``run_program`` computes by
+    ``stored_xnor_conv``: every one ('all'), none ('none'), or ('auto') those whose output
+    reaches, through elementwise ops only, the input of a *wrapped* 1x1 binary conv: an
+    unpadded 1x1 binary conv whose output is added (elementwise) to a register its own input
+    derives from, a shortcut around it.
+
+    'auto' is a measured rule, not a model of XLA's fusion heuristics. ReActNet-A's blocks wrap
+    each 1x1 conv in a shortcut and feed it a 3x3 conv's output; unstored, XLA:CPU fuses each
+    stage's chain into one fusion that recomputes every earlier conv in every later consumer
+    (at 224, batch 1: 156 ms; 'auto', 17 of the 31 binary convs: 36 ms; all 31: 36 ms; only the
+    13 3x3 ones: 38 ms; only the 1x1 ones: 153 ms). The Bi-Real/ReActNet ResNets, SBPN and BHRNet have no wrapped
+    1x1 conv, and there storing costs 4-25% and up to 2.5x the compile time (BHRNet with
+    binary fuse convs, whose 1x1 convs are not wrapped: 9.9 ms unstored, 12.4 ms all stored):
+    'auto' stores none of theirs. README, "Packed inference and latency", has the measurements."""
+    if store not in STORE:
+        raise ValueError(f"store must be one of {STORE}, got {store!r}")
+    ops = program["ops"]
+    if store == "none":
+        return set()
+    if store == "all":
+        return {op["dst"] for op in ops if op["op"] in BINARY_OPS}
+
+    def sources(op: Mapping[str, Any]) -> list[str]:
+        return op["src"] if isinstance(op["src"], list) else [op["src"]]
+
+    def unpadded_1x1(op: Mapping[str, Any]) -> bool:
+        return op["op"] == "binary_conv" and tuple(op["kernel_size"]) == (1, 1) and not any(
+            v for pad in op["padding"] for v in pad)
+
+    # Pass 1: the wrapped 1x1 convs. anc: the registers a register derives from elementwise
+    # (itself included); reach: the binary ops whose output flows into it elementwise.
+    anc: dict[str, set[str]] = {}
+    reach: dict[str, set[str]] = {}
+    inputs: dict[str, set[str]] = {}  # 1x1 conv -> anc of its input
+    wrapped: set[str] = set()
+    for op in ops:
+        srcs, dst = sources(op), op["dst"]
+        if op["op"] in ELEMENTWISE_OPS:
+            anc[dst] = {dst}.union(*(anc.get(r, {r}) for r in srcs))
+            reach[dst] = set().union(*(reach.get(r, set()) for r in srcs))
+            for i, r in enumerate(srcs):
+                for conv in reach.get(r, set()) & inputs.keys():
+                    if any(anc.get(o, {o}) & inputs[conv] for j, o in enumerate(srcs) if j != i):
+                        wrapped.add(conv)
+        else:
+            anc[dst], reach[dst] = {dst}, ({dst} if op["op"] in BINARY_OPS else set())
+            if unpadded_1x1(op):
+                inputs[dst] = anc.get(srcs[0], {srcs[0]})
+    # Pass 2: store what reaches a wrapped conv's input.
+    reach, stored = {}, set()
+    for op in ops:
+        srcs, dst = sources(op), op["dst"]
+        if op["op"] in BINARY_OPS:
+            if dst in wrapped:
+                stored |= reach.get(srcs[0], set())
+            reach[dst] = {dst}
+        elif op["op"] in ELEMENTWISE_OPS:
+            reach[dst] = set().union(*(reach.get(r, set()) for r in srcs))
+        else:  # convolutions, pools, concatenations, reductions: XLA stores their results
+            reach[dst] = set()
+    return stored
+
+
 def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Array,
                 static: Mapping[str, np.ndarray], dtype: Any = jnp.float32, layout: str = "direct",
-                binary: str = "packed", registers: bool = False) -> Array | dict[str, Array]:
+                binary: str = "packed", registers: bool = False, store: str = "auto") -> Array | dict[str, Array]:
     """Runs ``program`` on the NHWC batch ``x``; traceable. ``static``: numpy arrays used at trace
     time, the per-tap weight sums (kh, kw, O) of the binary (transposed) convs that need a border
     correction, by their ``bits`` name.
@@ -434,9 +510,11 @@ def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Arra
     accumulators); ``binary='float'`` as float convolutions / products of sign(x) with the +-1
     weights (``arrays[bits + '.float']``): the same folded program without bit-packing, the float
     reference and the float XLA baseline of ``bench/latency.py``. ``registers=True`` returns
-    every register by name instead of the output."""
+    every register by name instead of the output. ``store``: which packed binary ops are
+    computed so that XLA:CPU stores their result (``stored_ops``)."""
     from mlpbnn.conv import conv_transpose
 
+    stored = stored_ops(program, store)
     regs: dict[str, Array] = {program.get("input", "input"): x.astype(dtype)}
 
     def arr(name: str) -> Array:
@@ -483,7 +561,8 @@ def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Arra
         elif kind == "flatten":
             y = src.reshape(src.shape[0], -1)
         elif kind in BINARY_OPS:
-            y = _binary_op(op, src, arrays, static, dtype, layout, binary) * arr(op["scale"]) + arr(op["bias"])
+            y = (_binary_op(op, src, arrays, static, dtype, layout, binary, op["dst"] in stored) * arr(op["scale"])
+                 + arr(op["bias"]))
         else:  # check_program refuses unknown ops before tracing
             raise ValueError(f"unknown op {kind!r}")
         regs[op["dst"]] = y
@@ -491,7 +570,7 @@ def run_program(program: Mapping[str, Any], arrays: Mapping[str, Array], x: Arra
 
 
 def _binary_op(op: Mapping[str, Any], x: Array, arrays: Mapping[str, Array], static: Mapping[str, np.ndarray],
-               dtype: Any, layout: str, binary: str) -> Array:
+               dtype: Any, layout: str, binary: str, store: bool = False) -> Array:
     """The accumulator of a binary op (before its scale and bias), in ``dtype``: exact integers."""
     kind, sz = op["op"], op["sign_zero"]
     if binary == "float":
@@ -504,13 +583,13 @@ def _binary_op(op: Mapping[str, Any], x: Array, arrays: Mapping[str, Array], sta
     bits, wsum = arrays[op["bits"]], static.get(op["bits"])
     if kind == "binary_conv":
         acc = binary_conv(x, bits, op["in_channels"], op["kernel_size"], op["strides"], op["padding"],
-                          op["pad_value"], sz, wsum, layout)
+                          op["pad_value"], sz, wsum, layout, store)
     elif kind == "binary_conv_transpose":
         acc = binary_conv_transpose(x, bits, op["in_channels"], op["kernel_size"], op["strides"], op["padding"], sz,
                                     wsum, layout)
     else:  # binary_dense: a 1x1 binary convolution of one pixel
         acc = binary_conv(x.reshape(x.shape[0], 1, 1, x.shape[-1]), bits, op["in_channels"], (1, 1), (1, 1),
-                          ((0, 0), (0, 0)), 1.0, sz, None, layout).reshape(x.shape[0], -1)
+                          ((0, 0), (0, 0)), 1.0, sz, None, layout, store).reshape(x.shape[0], -1)
     return acc.astype(dtype)
 
 
@@ -529,10 +608,12 @@ class PackedNetwork:
     """
 
     def __init__(self, program: Mapping[str, Any], arrays: Mapping[str, np.ndarray], dtype: Any = jnp.float32,
-                 layout: str = "direct", binary: str = "packed"):
+                 layout: str = "direct", binary: str = "packed", store: str = "auto"):
         check_program(program, arrays)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.stored = stored_ops(program, store)  # refuses an unknown choice here, not at the first call
+        self.store = store
         if binary not in ("packed", "float"):
             raise ValueError(f"binary must be 'packed' or 'float', got {binary!r}")
         self.program, self.dtype, self.layout, self.binary = dict(program), dtype, layout, binary
@@ -551,7 +632,8 @@ class PackedNetwork:
         self._fn = jax.jit(self._apply, compiler_options=options)
 
     def _apply(self, arrays: Mapping[str, Array], x: Array) -> Array:
-        return run_program(self.program, arrays, x, self.static, self.dtype, self.layout, self.binary)
+        return run_program(self.program, arrays, x, self.static, self.dtype, self.layout, self.binary,
+                           store=self.store)
 
     def __call__(self, x: Any) -> Array:
         return self._fn(self.arrays, jnp.asarray(x))

@@ -143,3 +143,69 @@ def test_refusals():
         packed.binary_conv_transpose(xj[..., :5], bits, 40, (4, 4), (2, 2), ((1, 1), (1, 1)), wsum=wsum)
     with pytest.raises(ValueError, match="sign\\(0\\)"):
         conv(bits, padding=((1, 1), (1, 1)), wsum=wsum, sign_zero=0.0)
+
+
+# ------------------------------------------------------------------------- stored binary convs
+
+
+@pytest.mark.parametrize("layout,o", [("direct", 5), ("direct", 48), ("blocked", 128), ("blocked", 96)])
+def test_stored_xnor_conv_equals_xnor_conv_and_keeps_the_blocks(layout, o, monkeypatch):
+    rng = np.random.default_rng(0)
+    xb = jnp.asarray(rng.integers(0, 2**32, (1, 5, 4, 2), dtype=np.uint32))
+    wb = jnp.asarray(rng.integers(0, 2**32, (9, 2, o), dtype=np.uint32))
+    direct = packed.xnor_conv(xb, wb, 9 * 64, (3, 3), (1, 1), layout, 64)
+    parts = []
+    real = packed.xnor_conv
+    monkeypatch.setattr(packed, "xnor_conv", lambda x, w, *a: parts.append(w.shape[-1]) or real(x, w, *a))
+    np.testing.assert_array_equal(packed.stored_xnor_conv(xb, wb, 9 * 64, (3, 3), (1, 1), layout, 64), direct)
+    assert sum(parts) == o and len(parts) == 2
+    if layout == "blocked" and o == 128:
+        assert parts == [64, 64]  # each part still a whole number of 64-channel blocks
+
+
+def _op(kind, src, dst, k=3, c=8, o=8):
+    if kind != "binary_conv":
+        return {"op": kind, "src": src, "dst": dst}
+    p = (k - 1) // 2
+    return {"op": kind, "src": src, "dst": dst, "bits": f"{dst}.bits", "in_channels": c, "kernel_size": [k, k],
+            "strides": [1, 1], "padding": [[p, p], [p, p]], "pad_value": 0.0, "sign_zero": 1.0,
+            "scale": f"{dst}.scale", "bias": f"{dst}.bias"}
+
+
+def _block_program(wrapped: bool):
+    """ReActNet-A's block shape: a 3x3 binary conv with a shortcut, then a 1x1 binary conv whose
+    output is added to its input (``wrapped``) or only rectified (not wrapped), twice over."""
+    ops, x = [], "input"
+    for b in range(2):
+        ops += [_op("binary_conv", x, f"c3_{b}"), _op("add", [f"c3_{b}", x], f"r_{b}"),
+                _op("binary_conv", f"r_{b}", f"c1_{b}", k=1),
+                _op("add", [f"c1_{b}", f"r_{b}"], f"out_{b}") if wrapped else _op("relu", f"c1_{b}", f"out_{b}")]
+        x = f"out_{b}"
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for op in ops:
+        if op["op"] == "binary_conv":
+            k = op["kernel_size"][0]
+            signs = np.where(rng.random((k, k, 8, 8)) < 0.5, -1.0, 1.0)
+            arrays[op["bits"]] = packed.pack_weight_signs(signs)
+            arrays[op["scale"]] = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+            arrays[op["bias"]] = rng.normal(0, 1, 8).astype(np.float32)
+    return {"input": "input", "output": x, "ops": ops}, arrays
+
+
+def test_auto_stores_what_reaches_a_wrapped_1x1_conv_and_every_choice_computes_the_same():
+    program, arrays = _block_program(wrapped=True)
+    # c3_0 and c3_1 feed a wrapped 1x1 conv; c1_0 reaches c1_1's input through out_0 -> r_1.
+    assert packed.stored_ops(program) == {"c3_0", "c3_1", "c1_0"}
+    assert packed.stored_ops(program, "all") == {"c3_0", "c1_0", "c3_1", "c1_1"}
+    assert packed.stored_ops(program, "none") == set()
+    plain, _ = _block_program(wrapped=False)
+    assert packed.stored_ops(plain) == set()  # 1x1 convs without a shortcut around them: nothing stored
+    x = np.random.default_rng(2).standard_normal((1, 5, 6, 8)).astype(np.float32)
+    outs = [np.asarray(packed.PackedNetwork(program, arrays, store=s)(x)) for s in packed.STORE]
+    ref = np.asarray(packed.PackedNetwork(program, arrays, binary="float")(x))
+    for out in outs:
+        np.testing.assert_array_equal(out, outs[0])
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="store must be one of"):
+        packed.PackedNetwork(program, arrays, store="some")
