@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where benches write their JSON: bench/results, or $MLPBNN_BENCH_RESULTS (bench/gpu_session.sh's folder).
+RESULTS = Path(os.environ.get("MLPBNN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def block(tree: Any) -> Any:

@@ -108,8 +108,9 @@ def make_config(weights: str, activations: str, seed: int, args: argparse.Namesp
     c.estimator.weights = weights
     c.estimator.activations = activations
     c.estimator.share = True
-    c.data.name = "fashion_mnist"
-    c.data.dir = args.data_dir
+    c.data.name = args.dataset
+    if args.dataset == "fashion_mnist":
+        c.data.dir = args.data_dir
     c.data.augment = "none"
     c.batch_size = args.batch
     c.eval_batch_size = args.eval_batch
@@ -323,6 +324,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pad", type=int, default=0, help="pad the 28x28 images by this many black pixels per side")
     p.add_argument("--backward", default="auto", choices=("auto", "matmul", "reduce", "autodiff", "pallas"),
                    help="the backward form of mlp and linear (speed only)")
+    p.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "digits"),
+                   help="digits (embedded, 8x8: --pad 12 gives the padded Fashion-MNIST's 32x32) serves "
+                        "--throughput where Fashion-MNIST is not installed (bench/gpu_session.sh)")
     p.add_argument("--data_dir", default="", help="Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--budget", action="store_true",
                    help="the real budget: " + ", ".join(f"--{k} {v}" for k, v in BUDGET.items())
@@ -357,6 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [r for r in args.rows if r not in ROW_SPECS]
     if bad:
         p.error(f"unknown row(s) {bad}; valid: {', '.join(ROW_SPECS)}")
+    if args.dataset != "fashion_mnist" and not args.throughput:
+        p.error("--dataset digits serves --throughput only; the study itself trains on Fashion-MNIST")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.stages = [int(s) for s in args.stages.split(",")]
     if TEST_SIZE % args.eval_batch:
@@ -372,9 +378,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(payload["summary"], payload["runs"], out.with_suffix(".png"), plot_title(payload["setup"]))
         return payload
     command = "python -m bench.estimator_study " + " ".join(sys.argv[1:] if argv is None else argv)
-    size = 28 + 2 * args.pad
+    size = (28 if args.dataset == "fashion_mnist" else 8) + 2 * args.pad
+    what = "fashion_mnist (60k train / 10k test" if args.dataset == "fashion_mnist" else "digits (throughput only"
     setup = {"model": "bireal_resnet18", "small_inputs": True, "width": args.width, "stage_sizes": args.stages,
-             "data": f"fashion_mnist (60k train / 10k test, no augmentation, {size}x{size}"
+             "data": f"{what}, no augmentation, {size}x{size}"
                      + (f": padded by {args.pad} black pixels" if args.pad else "") + ")",
              "batch_size": args.batch, "steps": args.steps, "epochs": round(args.steps * args.batch / TRAIN_SIZE, 3),
              "eval_every_steps": args.eval_every, "optimizer": f"adam {args.lr:g}, linear decay to 0",

@@ -14,6 +14,10 @@ Adam 2.5e-3 with linear decay to 0 for everything but what the row changes:
   on ReActNet's raw latent weights (no centring, the scale out of the backward);
 - ``adam_mlp_pos_bbc``: the same in the BBC layer (weights centred per output channel, the
   gradient scaled by alpha), as configs/reactnet_a_bbc_imagenet.py;
+- ``adam_mlp_pos_bbc_xavier``: that BBC layer with BBC's latent init (xavier uniform, where
+  ReActNet's is U(0, 1e-3): all positive);
+- ``adam_mlp_pos_lr1e-4``, ``adam_mlp_pos_bbc_lr1e-4``: ``adam_mlp_pos`` and ``adam_mlp_pos_bbc``
+  with the MLP's Adam at 1e-4;
 - ``bop``: the binary kernels by Bop (Helwegen et al., arXiv 1906.02107; larq's defaults gamma
   1e-4, threshold 1e-8, constant), its gradients through the STE; the rest Adam.
 
@@ -33,17 +37,21 @@ from bench.common import RESULTS, machine
 from mlpbnn.study import Copy, Study
 from mlpbnn.train import base_config
 
-# row -> (weight estimator, binary-kernel optimizer ('': the main Adam), model overrides)
-ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "adam_ste": ("ste", "", {}),
-    "adam_mlp_pos": ("mlp(init='positive')", "", {}),
-    "adam_mlp_pos_bbc": ("mlp(init='positive')", "", {"weight_norm": "center", "scale_in_backward": True}),
-    "bop": ("ste", "bop", {}),
+BBC_LAYER = {"weight_norm": "center", "scale_in_backward": True}
+# row -> (weight estimator, binary-kernel optimizer ('': the main Adam), model overrides, estimator lr)
+ROWS: dict[str, tuple[str, str, dict[str, Any], float]] = {
+    "adam_ste": ("ste", "", {}, 1e-3),
+    "adam_mlp_pos": ("mlp(init='positive')", "", {}, 1e-3),
+    "adam_mlp_pos_bbc": ("mlp(init='positive')", "", BBC_LAYER, 1e-3),
+    "adam_mlp_pos_bbc_xavier": ("mlp(init='positive')", "", {**BBC_LAYER, "binary_init": "xavier"}, 1e-3),
+    "adam_mlp_pos_lr1e-4": ("mlp(init='positive')", "", {}, 1e-4),
+    "adam_mlp_pos_bbc_lr1e-4": ("mlp(init='positive')", "", BBC_LAYER, 1e-4),
+    "bop": ("ste", "bop", {}, 1e-3),
 }
 
 
 def make_config(row: str, args: argparse.Namespace) -> Any:
-    weights, optimizer, overrides = ROWS[row]
+    weights, optimizer, overrides, estimator_lr = ROWS[row]
     c = base_config()
     c.model.name = "reactnet_a"
     c.model.small_inputs = True
@@ -60,7 +68,7 @@ def make_config(row: str, args: argparse.Namespace) -> Any:
     c.progress_bar = False
     c.optimizer.learning_rate = 2.5e-3
     c.optimizer.schedule = "linear"
-    c.optimizer.estimator.learning_rate = 1e-3
+    c.optimizer.estimator.learning_rate = estimator_lr
     c.optimizer.partitions.binary_kernel.name = optimizer
     c.model.update(overrides)
     return c
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log=lambda msg, row=row: print(f"  [{row}] {msg}", flush=True))
         top1 = [float(e[-1]["top1"]) for e in result.eval]
         results[row] = {"weights": ROWS[row][0], "binary_kernel_optimizer": ROWS[row][1] or "adam",
-                        "model_overrides": ROWS[row][2],
+                        "model_overrides": ROWS[row][2], "estimator_lr": ROWS[row][3],
                         "top1": top1, "mean": statistics.mean(top1),
                         "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                         "diverged_at": result.diverged_at, "seconds": time.perf_counter() - t,

@@ -1,20 +1,22 @@
-"""PyTorch counterparts of the benchmarked networks, for bench/train_step.py.
+"""PyTorch counterparts of the benchmarked networks, for bench/train_step.py and bench/imagenet_step.py.
 
 The networks are the independent PyTorch modules of ``tests/torch_reference.py`` (written from
 the method description for the parity tests, not from mlpbnn), used here by import:
 
-- ``bireal_resnet18``: the official BBC/Bi-Real ResNet-18 (``BinaryResNetRef``): BasicBlocks of one
-  binary 3x3 conv, BN, PReLU, real shortcut with AvgPool + 1x1 conv + BN when downsampling; the
-  binary conv (``MetaConv``) centres the latent weights per output channel, scales by the detached
-  alpha = mean |w_c| and binarises with the shared ``MetaNet``, the official estimator math: the
-  1 -> 100 -> 2 MLP evaluated on every weight in the forward pass, its outputs gated by
-  ``GatedLinear`` and fed to the sign through ``SignFromLogits`` (autograd.Functions as in the
-  official code). Activations use Bi-Real's ApproxSign.
-  ``weights='ste'`` swaps the MLP for a clipped straight-through sign (``SteSign`` below,
-  backward 1[|w| <= 1], mlpbnn's ``ste``), everything else unchanged.
-- ``resnet18``: torchvision's ResNet-18 layout (``TorchvisionResNet``).
+- ``bireal_resnet``: the official BBC/Bi-Real ResNet (``BinaryResNetRef``; stage sizes 4,4,4,4 are
+  ResNet-18, 6,8,12,6 ResNet-34): BasicBlocks of one binary 3x3 conv, BN, PReLU, real shortcut
+  with AvgPool + 1x1 conv + BN when downsampling; the binary conv (``MetaConv``) centres the
+  latent weights per output channel, scales by the detached alpha = mean |w_c| and binarises
+  with the shared ``MetaNet``, the official estimator math: the 1 -> 100 -> 2 MLP evaluated on
+  every weight in the forward pass, its outputs gated by ``GatedLinear`` and fed to the sign
+  through ``SignFromLogits`` (autograd.Functions as in the official code). Activations use
+  Bi-Real's ApproxSign. ``weights='ste'`` swaps the MLP for a clipped straight-through sign
+  (``SteSign`` below, backward 1[|w| <= 1], mlpbnn's ``ste``), everything else unchanged. The
+  estimator runs in float32 under autocast (``Float32``), as mlpbnn keeps it.
+- ``torchvision_resnet``: torchvision's basic-block ResNet layout (``TorchvisionResNet``).
 
-``small_inputs=True`` gives the 3x3 stride-1 stem without max-pool, as mlpbnn's ``small_inputs``.
+Both take any stage sizes and width; ``small_inputs=True`` gives the 3x3 stride-1 stem without
+max-pool, as mlpbnn's ``small_inputs``.
 """
 
 from __future__ import annotations
@@ -46,16 +48,28 @@ class SteWeights(nn.Module):
         return SteSign.apply(w)
 
 
-def bireal_resnet18(num_classes: int = 10, small_inputs: bool = True, weights: str = "mlp") -> nn.Module:
-    """The BBC Bi-Real ResNet-18 with the MLP estimator (``weights='mlp'``) or STE on weights."""
+class Float32(nn.Module):
+    """Runs ``module`` in float32 with autocast off: the estimator MLP under AMP, as mlpbnn keeps it."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(w.device.type, enabled=False):
+            return self.module(w.float())
+
+
+def bireal_resnet(stages, num_classes: int = 1000, width: int = 64, small_inputs: bool = False,
+                  weights: str = "mlp") -> nn.Module:
+    """The BBC Bi-Real ResNet of any stage sizes (binary convs per stage), its estimator in float32."""
     if weights not in ("mlp", "ste"):
         raise ValueError(f"weights must be 'mlp' or 'ste', got {weights!r}")
-    model = ref.BinaryResNetRef((4, 4, 4, 4), num_classes, 64, small_inputs, "bireal")
-    if weights == "ste":
-        model.meta_net = SteWeights()
+    model = ref.BinaryResNetRef(tuple(stages), num_classes, width, small_inputs, "bireal")
+    model.meta_net = Float32(model.meta_net if weights == "mlp" else SteWeights())
     return model
 
 
-def resnet18(num_classes: int = 10, small_inputs: bool = True) -> nn.Module:
-    """torchvision's ResNet-18."""
-    return ref.TorchvisionResNet((2, 2, 2, 2), "basic", num_classes, 64, small_inputs)
+def torchvision_resnet(stages, num_classes: int = 1000, width: int = 64, small_inputs: bool = False) -> nn.Module:
+    """torchvision's basic-block ResNet of any stage sizes (ResNet-18: 2,2,2,2; ResNet-34: 3,4,6,3)."""
+    return ref.TorchvisionResNet(tuple(stages), "basic", num_classes, width, small_inputs)

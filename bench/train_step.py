@@ -63,11 +63,13 @@ from mlpbnn import conv, models
 from mlpbnn import estimators as E
 
 NUM_CLASSES = 10
-# (label, mlpbnn model, weight estimator, torch builder)
+# (label, mlpbnn model, weight estimator, torch builder(num_classes, width, small_inputs))
 NETWORKS = {
-    "bireal18_mlp": ("bireal_resnet18", "mlp", functools.partial(torch_models.bireal_resnet18, weights="mlp")),
-    "bireal18_ste": ("bireal_resnet18", "ste", functools.partial(torch_models.bireal_resnet18, weights="ste")),
-    "resnet18": ("resnet18", None, torch_models.resnet18),
+    "bireal18_mlp": ("bireal_resnet18", "mlp", functools.partial(torch_models.bireal_resnet, (4, 4, 4, 4),
+                                                                 weights="mlp")),
+    "bireal18_ste": ("bireal_resnet18", "ste", functools.partial(torch_models.bireal_resnet, (4, 4, 4, 4),
+                                                                 weights="ste")),
+    "resnet18": ("resnet18", None, functools.partial(torch_models.torchvision_resnet, (2, 2, 2, 2))),
 }
 
 
@@ -126,10 +128,11 @@ def with_backward(weights: str | None, backward: str) -> str | None:
     return f"mlp(backward={backward!r})" if weights == "mlp" and backward != "auto" else weights
 
 
-def mlpbnn_step(model_name: str, weights: str | None, size: int, batch: int, impl: str, small_inputs: bool = True):
+def mlpbnn_step(model_name: str, weights: str | None, size: int, batch: int, impl: str, small_inputs: bool = True,
+                width: int = 64):
     """A zero-argument function running one jitted, donated train step on a fixed batch."""
     kw = {} if weights is None else {"weight_estimator": weights, "activation_estimator": "approx_sign"}
-    model = models.create(model_name, NUM_CLASSES, small_inputs=small_inputs, **kw)
+    model = models.create(model_name, NUM_CLASSES, small_inputs=small_inputs, width=width, **kw)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
@@ -162,10 +165,10 @@ def mlpbnn_step(model_name: str, weights: str | None, size: int, batch: int, imp
     return run
 
 
-def torch_step(builder, size: int, batch: int):
+def torch_step(builder, size: int, batch: int, width: int = 64):
     torch.manual_seed(0)
     device = _torch_device()
-    model = builder(NUM_CLASSES, small_inputs=True).to(device, memory_format=torch.channels_last)
+    model = builder(NUM_CLASSES, width, small_inputs=True).to(device, memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
@@ -185,9 +188,9 @@ def torch_step(builder, size: int, batch: int):
 # ------------------------------------------------------------------------------ estimator alone
 
 
-def estimator_section(rounds: int) -> dict:
+def estimator_section(rounds: int, width: int = 64) -> dict:
     """MLP backward over bireal_resnet18's binary weights, per layer, by formulation and chunk."""
-    model = models.create("bireal_resnet18", NUM_CLASSES, small_inputs=True)
+    model = models.create("bireal_resnet18", NUM_CLASSES, small_inputs=True, width=width)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     shapes = [v.shape for p, v in jax.tree_util.tree_leaves_with_path(variables["params"])
               if "binary_conv" in jax.tree_util.keystr(p)]
@@ -239,17 +242,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="32,64")
+    parser.add_argument("--networks", default=",".join(NETWORKS), help="rows to time (the MLP share needs "
+                        "bireal18_mlp and bireal18_ste)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--big", action="store_true", help="also the MLP share at 224x224 batch 32")
     parser.add_argument("--big-rounds", type=int, default=1)
+    parser.add_argument("--big-size", type=int, default=224, help="--big's image size (ImageNet stem)")
+    parser.add_argument("--big-batch", type=int, default=32)
+    parser.add_argument("--width", type=int, default=64, help="first-stage channels of every network (64: real; "
+                        "smaller for a rehearsal, bench/gpu_session.sh --tiny)")
     parser.add_argument("--no-xla", action="store_true", help="skip mlpbnn with XLA's convolution gradient")
     parser.add_argument("--no-estimator", action="store_true", help="skip the estimator-alone section")
     parser.add_argument("--mlp-backward", default="auto", choices=("auto",) + E.BACKWARD_FORMS + ("pallas",),
                         help="the MLP backward form in the steps (the estimator-alone section times all)")
+    parser.add_argument("--out", default="", help="JSON name under bench/results ('' : train_step[_estimator]"
+                        "[_BACKEND])")
     parser.add_argument("--only-estimator", action="store_true",
                         help="only the estimator-alone section (written to train_step_estimator*.json)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    networks = {k: NETWORKS[k] for k in args.networks.split(",") if k}
+    if unknown := set(args.networks.split(",")) - set(NETWORKS) - {""}:
+        parser.error(f"--networks: unknown {sorted(unknown)}; choose from {', '.join(NETWORKS)}")
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
     backend = jax.default_backend()
@@ -263,24 +277,25 @@ def main() -> None:
           f"batch {args.batch}")
 
     load_start = os.getloadavg()
-    est = None if args.no_estimator else estimator_section(max(args.rounds, 3))
+    est = None if args.no_estimator else estimator_section(max(args.rounds, 3), args.width)
     suffix = "" if backend == "cpu" else f"_{backend}"
     if args.only_estimator:
-        path = write_json(f"train_step_estimator{suffix}", {
+        path = write_json(args.out or f"train_step_estimator{suffix}", {
             "command": " ".join(["python"] + sys.argv), "estimator_alone": est,
             "loadavg_1_5_15min": {"start": load_start, "end": os.getloadavg()}})
         print(f"wrote {path}")
         return
     fns, build_s = {}, {}
     for size in sizes:
-        for label, (model_name, weights, builder) in NETWORKS.items():
+        for label, (model_name, weights, builder) in networks.items():
             t0 = time.perf_counter()
             fns[("mlpbnn", label, size)] = mlpbnn_step(model_name, with_backward(weights, args.mlp_backward), size,
-                                                       args.batch, "auto")
+                                                       args.batch, "auto", width=args.width)
             build_s[f"mlpbnn/{label}/{size}"] = time.perf_counter() - t0
             if not args.no_xla and size == sizes[0] and label != "bireal18_mlp":
-                fns[("mlpbnn_xla_conv", label, size)] = mlpbnn_step(model_name, weights, size, args.batch, "xla")
-            fns[("pytorch", label, size)] = torch_step(builder, size, args.batch)
+                fns[("mlpbnn_xla_conv", label, size)] = mlpbnn_step(model_name, weights, size, args.batch, "xla",
+                                                                    width=args.width)
+            fns[("pytorch", label, size)] = torch_step(builder, size, args.batch, args.width)
     print(f"built and compiled {len(fns)} steps; timing {args.rounds} interleaved rounds ...", flush=True)
     times = interleaved_medians(fns, args.rounds)
     max_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the resets below
@@ -297,7 +312,7 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for size in sizes:
-        for label in NETWORKS:
+        for label in networks:
             tj, tt = times[("mlpbnn", label, size)], times[("pytorch", label, size)]
             txla = times.get(("mlpbnn_xla_conv", label, size))
             row = {"network": label, "size": size, "batch": args.batch,
@@ -318,29 +333,34 @@ def main() -> None:
         return (t_mlp - t_ste) / t_mlp
 
     s0 = sizes[0]
-    shares = {f"{s0}x{s0}_batch{args.batch}": {
-        "mlp_s": times[("mlpbnn", "bireal18_mlp", s0)], "ste_s": times[("mlpbnn", "bireal18_ste", s0)],
-        "share": share(times[("mlpbnn", "bireal18_mlp", s0)], times[("mlpbnn", "bireal18_ste", s0)]),
-        "pytorch_share": share(times[("pytorch", "bireal18_mlp", s0)], times[("pytorch", "bireal18_ste", s0)])}}
-    print(f"\nMLP estimator share of the step, (t_mlp - t_ste) / t_mlp, {s0}x{s0} batch {args.batch}: "
-          f"mlpbnn {shares[f'{s0}x{s0}_batch{args.batch}']['share']:.1%}, "
-          f"PyTorch {shares[f'{s0}x{s0}_batch{args.batch}']['pytorch_share']:.1%}")
+    shares = {}
+    if {"bireal18_mlp", "bireal18_ste"} <= set(networks):
+        shares[f"{s0}x{s0}_batch{args.batch}"] = {
+            "mlp_s": times[("mlpbnn", "bireal18_mlp", s0)], "ste_s": times[("mlpbnn", "bireal18_ste", s0)],
+            "share": share(times[("mlpbnn", "bireal18_mlp", s0)], times[("mlpbnn", "bireal18_ste", s0)]),
+            "pytorch_share": share(times[("pytorch", "bireal18_mlp", s0)], times[("pytorch", "bireal18_ste", s0)])}
+        print(f"\nMLP estimator share of the step, (t_mlp - t_ste) / t_mlp, {s0}x{s0} batch {args.batch}: "
+              f"mlpbnn {shares[f'{s0}x{s0}_batch{args.batch}']['share']:.1%}, "
+              f"PyTorch {shares[f'{s0}x{s0}_batch{args.batch}']['pytorch_share']:.1%}")
     if args.big:
         del fns
         gc.collect()
-        big = {w: mlpbnn_step("bireal_resnet18", with_backward(w, args.mlp_backward), 224, 32, "auto",
-                              small_inputs=False) for w in ("mlp", "ste")}
+        bs, bb = args.big_size, args.big_batch
+        big = {w: mlpbnn_step("bireal_resnet18", with_backward(w, args.mlp_backward), bs, bb, "auto",
+                              small_inputs=False, width=args.width) for w in ("mlp", "ste")}
         tb = interleaved_medians(big, args.big_rounds)
-        shares["224x224_batch32"] = {"mlp_s": tb["mlp"], "ste_s": tb["ste"], "share": share(tb["mlp"], tb["ste"]),
-                                     "rounds": args.big_rounds}
-        print(f"MLP estimator share, 224x224 batch 32 (ImageNet stem, {args.big_rounds} round(s)): "
-              f"{shares['224x224_batch32']['share']:.1%} (mlp {tb['mlp']:.2f} s = {32 / tb['mlp']:.1f} img/s, "
-              f"ste {tb['ste']:.2f} s = {32 / tb['ste']:.1f} img/s)")
+        key = f"{bs}x{bs}_batch{bb}"
+        shares[key] = {"mlp_s": tb["mlp"], "ste_s": tb["ste"], "share": share(tb["mlp"], tb["ste"]),
+                       "rounds": args.big_rounds}
+        print(f"MLP estimator share, {bs}x{bs} batch {bb} (ImageNet stem, {args.big_rounds} round(s)): "
+              f"{shares[key]['share']:.1%} (mlp {tb['mlp']:.2f} s = {bb / tb['mlp']:.1f} img/s, "
+              f"ste {tb['ste']:.2f} s = {bb / tb['ste']:.1f} img/s)")
         del big
         gc.collect()
 
-    path = write_json(f"train_step{suffix}", {
+    path = write_json(args.out or f"train_step{suffix}", {
         "command": " ".join(["python"] + sys.argv), "batch": args.batch, "sizes": sizes, "rounds": args.rounds,
+        "width": args.width, "mlp_backward": args.mlp_backward,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "conv_impl": conv.resolved_impl(),
         "device_kind": jax.devices()[0].device_kind, "torch_device": str(_torch_device()),
         "memory_method": ("per step: malloc_trim, VmRSS before, reset VmHWM via /proc/self/clear_refs=5, "
