@@ -173,7 +173,7 @@ def test_random_kills_never_lose_work(tmp_path):
     reference = json.loads((tmp_path / "clean" / "final_metrics.json").read_text())
     rng = random.Random(int(os.environ.get("MLPBNN_FAULT_SEED", "0")))
     kills = 0
-    for trial in range(2):
+    for trial in range(1):  # one victim, three kills (two trials doubled the test's 85 s for little more)
         workdir = tmp_path / f"victim{trial}"
         for attempt in range(4):  # three kills, then a run left to finish
             before = _latest(workdir)
