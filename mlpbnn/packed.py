@@ -446,10 +446,11 @@ def stored_ops(program: Mapping[str, Any], store: str = "auto") -> set[str]:
     each 1x1 conv in a shortcut and feed it a 3x3 conv's output; unstored, XLA:CPU fuses each
     stage's chain into one fusion that recomputes every earlier conv in every later consumer
     (at 224, batch 1: 156 ms; 'auto', 17 of the 31 binary convs: 36 ms; all 31: 36 ms; only the
-    13 3x3 ones: 38 ms; only the 1x1 ones: 153 ms). The Bi-Real/ReActNet ResNets, SBPN and BHRNet have no wrapped
-    1x1 conv, and there storing costs 4-25% and up to 2.5x the compile time (BHRNet with
-    binary fuse convs, whose 1x1 convs are not wrapped: 9.9 ms unstored, 12.4 ms all stored):
-    'auto' stores none of theirs. README, "Packed inference and latency", has the measurements."""
+    13 3x3 ones: 38 ms; only the 1x1 ones: 153 ms). The Bi-Real/ReActNet ResNets, SBPN and
+    BHRNet have no wrapped 1x1 conv, and there storing costs 4-25% and up to 2.5x the compile
+    time (BHRNet with binary fuse convs, whose 1x1 convs are not wrapped: 9.9 ms unstored,
+    12.4 ms all stored): 'auto' stores none of theirs. README, "Packed inference and latency",
+    has the measurements."""
     if store not in STORE:
         raise ValueError(f"store must be one of {STORE}, got {store!r}")
     ops = program["ops"]
