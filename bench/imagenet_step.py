@@ -9,8 +9,8 @@ on the inputs, the partitioned Adam of ``mlpbnn.train.optim`` with its schedules
 from a frozen ResNet-34 teacher whose forward runs in the step, 0.9 soft + 0.1 hard CE), in
 ``--dtype`` compute (bfloat16: parameters, BN statistics, the estimator and the loss stay float32),
 jitted with the state donated, compiled ahead of time. Rows (``--networks``): ``bireal18_mlp``,
-``bireal34_mlp``, ``bireal18_ste`` (STE on the weights, the estimator's cost by difference) and
-``resnet18`` (real-valued ResNet-18 with the same distillation step).
+``bireal34_mlp``, ``bireal18_ste`` / ``bireal34_ste`` (STE on the weights, the estimator's cost by
+difference) and ``resnet18`` (real-valued ResNet-18 with the same distillation step).
 
 PyTorch runs the independent modules of ``bench/torch_models.py`` (the official estimator math:
 the MLP on every latent weight in the forward pass) with the same recipe: teacher forward under
@@ -60,6 +60,7 @@ NETWORKS = {
     "bireal18_mlp": ("bireal_resnet18", "mlp", (4, 4, 4, 4)),
     "bireal34_mlp": ("bireal_resnet34", "mlp", (6, 8, 12, 6)),
     "bireal18_ste": ("bireal_resnet18", "ste", (4, 4, 4, 4)),
+    "bireal34_ste": ("bireal_resnet34", "ste", (6, 8, 12, 6)),
     "resnet18": ("resnet18", None, (2, 2, 2, 2)),
 }
 TEACHERS = {"resnet34": (3, 4, 6, 3), "resnet18": (2, 2, 2, 2)}
