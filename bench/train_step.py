@@ -261,9 +261,9 @@ def main() -> None:
                         help="only the estimator-alone section (written to train_step_estimator*.json)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    networks = {k: NETWORKS[k] for k in args.networks.split(",") if k}
     if unknown := set(args.networks.split(",")) - set(NETWORKS) - {""}:
         parser.error(f"--networks: unknown {sorted(unknown)}; choose from {', '.join(NETWORKS)}")
+    networks = {k: NETWORKS[k] for k in args.networks.split(",") if k}
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
     backend = jax.default_backend()
