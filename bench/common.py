@@ -76,48 +76,61 @@ def estimator_options(name: str) -> dict[str, Any]:
     return {"weight_estimator": "mlp", "activation_estimator": "approx_sign"} if models.info(name).binary else {}
 
 
-def heatmap_step(name: str, height: int, width: int, batch: int, total_steps: int = 1000, num_joints: int = 17,
-                 **options: Any) -> tuple[Callable[[], Any], dict[str, float]]:
-    """(a zero-argument function running one step of the project's keypoints training of heatmap
-    model ``name`` on a fixed random batch, {'init_s', 'compile_s'}): ``make_train_step`` (loss,
-    metrics, flip ratio, nonfinite check) with the Keypoints task and ``mlpbnn.train.optim``'s
-    partitioned Adam (the trainer's optimizer; its step reads the learning rates from that
-    optimizer's state), jitted with the state donated and compiled ahead of time. ``options`` go
-    to ``models.create`` after ``estimator_options(name)``."""
+def trainer_step(model: Any, task: Any, config: Any, data: dict[str, Any], total_steps: int,
+                 steps_per_epoch: float, teacher: Any = None) -> tuple[Callable[[], Any], dict[str, float]]:
+    """(a zero-argument function running one step of the project's training on the fixed batch
+    ``data``, {'init_s', 'compile_s'}): the trainer's ``make_train_step`` (loss, metrics, flip
+    ratio, nonfinite check) for ``task``, with ``mlpbnn.train.optim``'s partitioned optimizer
+    built from ``config`` (its step reads the learning rates from that optimizer's state) and
+    ``teacher``'s forward for distillation if given; jitted with the state donated and compiled
+    ahead of time. The function's ``compiled`` attribute is the executable (for its memory)."""
     import jax.numpy as jnp
 
-    from mlpbnn import layers, models
-    from mlpbnn.tasks.keypoints import Keypoints
+    from mlpbnn import layers
     from mlpbnn.train import optim
-    from mlpbnn.train.config import base_config, keypoints_config
     from mlpbnn.train.step import TrainState, make_train_step
 
     t0 = time.perf_counter()
-    model = models.create(name, num_joints=num_joints, **{**estimator_options(name), **options})
-    heatmap_shape = (height // 4, width // 4, num_joints)
-    task = Keypoints(coco=None, heatmap_shape=heatmap_shape)
-    rng = np.random.default_rng(0)
-    data = {"images": jnp.asarray(rng.normal(size=(batch, height, width, 3)).astype(np.float32)),
-            "heatmaps": jnp.asarray(rng.uniform(0, 1, (batch, *heatmap_shape)).astype(np.float32)),
-            "target_weight": jnp.ones((batch, num_joints), jnp.float32)}
     probe = data["images"][:1]
     variables = model.init(jax.random.key(0), probe, train=False)
+    teacher_vars = None if teacher is None else teacher.init(jax.random.key(1), probe, train=False)
     trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
-    config = keypoints_config(base_config())  # Adam 1e-3, constant, for the model and the estimator
     tx, _ = optim.make(config, trainable, layers.binary_layer_paths(model, probe, train=False), total_steps,
-                       steps_per_epoch=total_steps)
+                       steps_per_epoch=steps_per_epoch)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                        batch_stats=variables.get("batch_stats", {}), estimator=trainable["estimator"],
                        opt_state=tx.init(trainable), rng=jax.random.PRNGKey(0))
-    block(state)
+    block((state, teacher_vars))
     t1 = time.perf_counter()
-    step = make_train_step(model, tx, task, total_steps=total_steps, teacher=None)
-    compiled = jax.jit(step, donate_argnums=0).lower(state, data, None).compile()
+    step = make_train_step(model, tx, task, total_steps=total_steps, teacher=teacher)
+    compiled = jax.jit(step, donate_argnums=0).lower(state, data, teacher_vars).compile()
     t2 = time.perf_counter()
     holder = [state]
 
     def run():
-        holder[0], metrics = compiled(holder[0], data, None)
+        holder[0], metrics = compiled(holder[0], data, teacher_vars)
         return metrics["loss"]
 
+    run.compiled = compiled
     return run, {"init_s": t1 - t0, "compile_s": t2 - t1}
+
+
+def heatmap_step(name: str, height: int, width: int, batch: int, total_steps: int = 1000, num_joints: int = 17,
+                 **options: Any) -> tuple[Callable[[], Any], dict[str, float]]:
+    """``trainer_step`` for the keypoints training of heatmap model ``name`` on a fixed random
+    batch, with the Keypoints task and the keypoints config's Adam (1e-3, constant, for the model
+    and the estimator). ``options`` go to ``models.create`` after ``estimator_options(name)``."""
+    import jax.numpy as jnp
+
+    from mlpbnn import models
+    from mlpbnn.tasks.keypoints import Keypoints
+    from mlpbnn.train.config import base_config, keypoints_config
+
+    model = models.create(name, num_joints=num_joints, **{**estimator_options(name), **options})
+    heatmap_shape = (height // 4, width // 4, num_joints)
+    rng = np.random.default_rng(0)
+    data = {"images": jnp.asarray(rng.normal(size=(batch, height, width, 3)).astype(np.float32)),
+            "heatmaps": jnp.asarray(rng.uniform(0, 1, (batch, *heatmap_shape)).astype(np.float32)),
+            "target_weight": jnp.ones((batch, num_joints), jnp.float32)}
+    return trainer_step(model, Keypoints(coco=None, heatmap_shape=heatmap_shape), keypoints_config(base_config()),
+                        data, total_steps, steps_per_epoch=total_steps)

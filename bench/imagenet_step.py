@@ -33,6 +33,7 @@ Writes bench/results/imagenet_step[_BACKEND].json (``--out`` to rename).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -45,15 +46,13 @@ import torch
 import torch.nn.functional as F
 
 from bench import torch_models
-from bench.common import block, interleaved_medians, write_json
+from bench.common import interleaved_medians, trainer_step, write_json
 from bench.train_step import step_peak_mib, with_backward
 from configs import bireal18_imagenet
-from mlpbnn import layers, models
+from mlpbnn import models
 from mlpbnn.estimators import BACKWARD_FORMS
 from mlpbnn.tasks.classification import Classification
-from mlpbnn.train import optim
 from mlpbnn.train.config import model_kwargs
-from mlpbnn.train.step import TrainState, make_train_step
 
 # label: (mlpbnn model, weight estimator or None for real-valued, default stage sizes)
 NETWORKS = {
@@ -80,7 +79,8 @@ def recipe(label: str, dtype: str, stages: tuple[int, ...] | None, width: int, b
 
 def mlpbnn_step(label: str, batch: int, size: int, num_classes: int, dtype: str, teacher_name: str,
                 stages: tuple[int, ...] | None, width: int, backward: str = "auto") -> tuple[Any, float]:
-    """(a zero-argument function running one donated recipe step on a fixed batch, compile s)."""
+    """(a zero-argument function running one donated recipe step on a fixed batch, compile s):
+    ``bench.common.trainer_step`` with the recipe's config, task and teacher."""
     name, weights, default_stages = NETWORKS[label]
     config = recipe(label, dtype, stages, width, backward)
     cdtype = jnp.dtype(dtype)
@@ -94,34 +94,14 @@ def mlpbnn_step(label: str, batch: int, size: int, num_classes: int, dtype: str,
     rng = np.random.default_rng(0)
     data = {"images": jnp.asarray(rng.normal(size=(batch, size, size, 3)).astype(np.float32)),
             "labels": jnp.asarray(rng.integers(0, num_classes, batch).astype(np.int32))}
-    probe = data["images"][:1]
-    variables = model.init(jax.random.key(0), probe, train=False)
-    teacher_vars = teacher.init(jax.random.key(1), probe, train=False)
-    trainable = {"params": variables["params"], "estimator": variables.get("estimator", {})}
     steps_per_epoch = 1_281_167 / config.batch_size
-    total = int(config.num_epochs * steps_per_epoch)
-    tx, _ = optim.make(config, trainable, layers.binary_layer_paths(model, probe, train=False), total,
-                       steps_per_epoch)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables.get("batch_stats", {}), estimator=trainable["estimator"],
-                       opt_state=tx.init(trainable), rng=jax.random.PRNGKey(0))
-    block(state)
-    step = make_train_step(model, tx, task, total_steps=total, teacher=teacher)
-    t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, data, teacher_vars).compile()
-    compile_s = time.perf_counter() - t0
-    holder = [state]
-
-    def run():
-        holder[0], metrics = compiled(holder[0], data, teacher_vars)
-        return metrics["loss"]
-
-    run.compiled = compiled
-    return run, compile_s
+    run, times = trainer_step(model, task, config, data, int(config.num_epochs * steps_per_epoch), steps_per_epoch,
+                              teacher=teacher)
+    return run, times["compile_s"]
 
 
 def torch_step(label: str, batch: int, size: int, num_classes: int, dtype: str, teacher_name: str,
-               stages: tuple[int, ...] | None, width: int, backward: str = "auto") -> tuple[Any, float]:
+               stages: tuple[int, ...] | None, width: int) -> tuple[Any, float]:
     """The same recipe step in PyTorch (AMP for bfloat16); (run, seconds of its first step)."""
     name, weights, default_stages = NETWORKS[label]
     stages = tuple(stages or default_stages)
@@ -214,8 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.size}x{args.size}, {args.dtype}, teacher {args.teacher}, width {args.width}", flush=True)
     load_start = os.getloadavg()
     common = dict(size=args.size, num_classes=args.num_classes, dtype=args.dtype, teacher_name=args.teacher,
-                  stages=stages, width=args.width, backward=args.mlp_backward)
-    frameworks = {"mlpbnn": mlpbnn_step} if args.no_torch else {"mlpbnn": mlpbnn_step, "pytorch": torch_step}
+                  stages=stages, width=args.width)
+    frameworks = {"mlpbnn": functools.partial(mlpbnn_step, backward=args.mlp_backward)}
+    if not args.no_torch:
+        frameworks["pytorch"] = torch_step
     rows: list[dict[str, Any]] = []
     payload: dict[str, Any] = {}
     for b in batches:

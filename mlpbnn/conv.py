@@ -161,6 +161,15 @@ def explicit_padding(padding: Any, what: str = "padding") -> Padding:
     raise ValueError(f"{what} must be an int, (ph, pw) or ((top, bottom), (left, right)), got {padding!r}")
 
 
+def check_window(shape: Sequence[int], window: Sequence[int], padding: Padding, what: str = "conv2d") -> None:
+    """Refuses an NHWC input whose padded H or W is smaller than the window: XLA would return an
+    empty map silently (and a later mean or weight gradient divide by zero), where PyTorch raises."""
+    hw = tuple(int(n) + lo + hi for n, (lo, hi) in zip(shape[1:3], padding, strict=True))
+    if any(n < k for n, k in zip(hw, window, strict=True)):
+        raise ValueError(f"{what}: a {shape[1]}x{shape[2]} input ({hw[0]}x{hw[1]} padded) is smaller than its "
+                         f"{window[0]}x{window[1]} window: the input image is too small for this network")
+
+
 def _lax_conv(x: Array, kernel: Array, strides: tuple[int, int], padding: Padding, precision: Any) -> Array:
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS,
                                     precision=precision)
@@ -184,6 +193,7 @@ def conv2d(x: Array, kernel: Array, strides: int | Sequence[int] = 1, padding: A
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
     strides = _pair(strides, "strides")
     padding = explicit_padding(padding)
+    check_window(x.shape, kernel.shape[:2], padding)
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     impl = resolved_impl() if impl is None else _check_impl(impl)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mlpbnn.conv import conv2d, conv_transpose, explicit_padding
+from mlpbnn.conv import check_window, conv2d, conv_transpose, explicit_padding
 from mlpbnn.estimators import Theta
 from mlpbnn.spec import (
     BINARY_INITS,
@@ -409,6 +409,7 @@ class MaxPool(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         p = self.padding
+        check_window(x.shape, (self.window,) * 2, ((p, p), (p, p)), f"{_path(self) or self.name}: MaxPool")
         return nn.max_pool(x, (self.window,) * 2, (self.strides,) * 2, ((p, p), (p, p)))
 
 
@@ -420,6 +421,7 @@ class AvgPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        check_window(x.shape, (self.window,) * 2, ((0, 0), (0, 0)), f"{_path(self) or self.name}: AvgPool")
         return nn.avg_pool(x, (self.window,) * 2, (self.strides,) * 2, "VALID")
 
 

@@ -513,3 +513,17 @@ def test_flip_ratio_values_and_errors():
     assert float(L.flip_ratio({}, {})) == 0.0
     with pytest.raises(ValueError, match="different binary layers"):
         L.flip_ratio(a, {"a": a["a"]})
+
+
+def test_too_small_input_is_refused_by_name():
+    # At 16 px the ImageNet-stem Bi-Real's last stage gets a 1x1 map, which its 2x2 shortcut
+    # pool would turn into an empty one (XLA returns it silently; PyTorch raises).
+    model = models.create("bireal_resnet18", num_classes=10)
+    with pytest.raises(ValueError, match=r"layer4_0/downsample_0: AvgPool: a 1x1 input .* too small"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+    with pytest.raises(ValueError, match="pool: MaxPool: a 1x1 input"):
+        L.MaxPool(3, 2, 0, name="pool").init(jax.random.key(0), jnp.zeros((1, 1, 1, 2)))
+    layer = L.BinaryConv(4, 3, 1, 0)
+    with pytest.raises(ValueError, match="conv2d: a 2x2 input .* 3x3 window"):
+        layer.init(jax.random.key(0), jnp.zeros((1, 2, 2, 2)))
+    assert layer.init(jax.random.key(0), jnp.zeros((1, 3, 3, 2)))["params"]["kernel"].shape == (3, 3, 2, 4)

@@ -1,6 +1,7 @@
 """Multi-host for real: the ImageNet recipe end to end on ILSVRC-layout tars (prepare, train with a
 converted PyTorch teacher, exact evaluation, resume), and two processes on localhost with four
-simulated CPU devices each (gloo collectives) training like one process on the same global batches.
+simulated CPU devices each (gloo collectives) training like one process on the same global batches
+and resuming their own checkpoint.
 (The pose recipe's two-process run, whose checkpoint one process then resumes, is in
 tests/test_train_pose.py.)"""
 
@@ -73,8 +74,10 @@ def test_imagenet_recipe_end_to_end_and_on_two_processes(ilsvrc, tmp_path):
     two = tmp_path / "two"
     train("configs/bireal18_imagenet.py", two, *imagenet_flags(ilsvrc, 4), processes=2)
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5, atol=1e-6)
-    # Resume: the same command with more steps continues from the checkpoint at step 4.
-    log = train("configs/bireal18_imagenet.py", one, *imagenet_flags(ilsvrc, 6), "--allow_config_change")
+    # Resume on two processes: the same command with more steps continues from their checkpoint
+    # at step 4 (each process restores its shards).
+    log = train("configs/bireal18_imagenet.py", two, *imagenet_flags(ilsvrc, 6), "--allow_config_change",
+                processes=2)
     assert "at step 4" in log
-    assert Checkpoints(one, 3).latest_step() == 6
-    assert [r["step"] for r in read_metrics(one, "train")] == [1, 2, 3, 4, 5, 6]
+    assert Checkpoints(two, 3).latest_step() == 6
+    assert [r["step"] for r in read_metrics(two, "train")] == [1, 2, 3, 4, 5, 6]

@@ -110,10 +110,9 @@ def test_sigterm_between_checkpoints_saves_stops_and_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_sigint_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
     """Two processes x 4 devices; SIGINT to process 1 only: both stop after the same step (the flag
-    is reduced inside the train step), both exit 75 without a traceback, and two processes resume
-    to the numbers of an uninterrupted one-process run on 8 devices."""
-    clean = cli(tmp_path / "clean", *DIGITS, devices=8)
-    assert clean.returncode == 0, clean.stderr[-2000:]
+    is reduced inside the train step), both exit 75 without a traceback, at a saved checkpoint.
+    (Resuming after a stop to an uninterrupted run's numbers: the SIGTERM test above; two processes
+    resuming their own checkpoint: tests/test_multihost.py.)"""
     victim = tmp_path / "victim"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
@@ -141,19 +140,6 @@ def test_sigint_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
     step = steps.pop()
     assert "by SIGINT" in outputs[1] and "by a stop request of another process" in outputs[0]
     assert 4 < step < 48 and (victim / "checkpoints" / str(step)).is_dir()
-    procs = start()
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:]
-    a, b = _final(victim), _final(tmp_path / "clean")
-    assert a["step"] == b["step"] == 48
-    for k in b["eval"]:  # cross-device sums in another order: float rounding only
-        assert a["eval"][k] == pytest.approx(b["eval"][k], rel=1e-5, abs=1e-6), k
-    losses = [r["loss"] for r in read_metrics(victim, "train")]
-    assert losses == pytest.approx([r["loss"] for r in read_metrics(tmp_path / "clean", "train")], rel=1e-5)
 
 
 def test_stop_requests_flag_signal_and_runtime(tmp_path):
